@@ -1,0 +1,349 @@
+"""The public core API: track_agent, session, record_llm_call, log_outcome, flush, shutdown."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from contextvars import Token
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from . import _export, _pipeline
+from ._config import get_settings
+from ._guard import guard, guarded
+from ._registry import current, new_session_id
+from ._session import Run, Session, SessionOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+SessionId = str | Callable[..., str] | None
+
+
+def _options(**kwargs: Any) -> SessionOptions:
+    metadata = kwargs.pop("metadata", None) or {}
+    return SessionOptions(metadata=dict(metadata), **kwargs)
+
+
+def current_session() -> Session | None:
+    """The open session of the calling context (thread or asyncio task), if any."""
+    session = current.get()
+    return session if session is not None and not session.ended else None
+
+
+def begin_run(session_id: str | None = None, *, close: str = "runs", join_current: bool = True,
+              **options: Any) -> Run | None:
+    """Open a root run for an adapter: joins the enclosing or named open session, else starts one.
+
+    `close="runs"` ends the session when its last run ends; `close="idle"` keeps it open across
+    runs (a LangGraph thread, a chat) until `idle_timeout` passes or `end_session()` is called.
+    Never raises; returns None when disabled or on an internal error.
+    """
+    with guard("begin_run"):
+        if get_settings().disabled:
+            return None
+        return _pipeline.registry.begin_run(session_id, _options(**options), close=close,
+                                            join_current=join_current)
+    return None
+
+
+@guarded("end_run")
+def end_run(run: Run | None, error: BaseException | None = None) -> None:
+    """Close a run opened with `begin_run`; an error is counted and the session still bills."""
+    if run is None:
+        return
+    if error is not None:
+        run.session.record_error()
+    _pipeline.registry.end_run(run)
+
+
+@guarded("end_session", default=False)
+def end_session(session_id: str) -> bool:
+    """End an open session now (e.g. a chat thread closed by the user). False if none is open."""
+    return _pipeline.registry.end_session(session_id)
+
+
+def get_session(session_id: str) -> Session | None:
+    """The open session with this id, if any."""
+    return _pipeline.registry.get(session_id)
+
+
+class _Scope:
+    """One run, shared by the sync, async and generator forms of `track_agent` and `session()`."""
+
+    __slots__ = ("options", "run", "session_id", "token")
+
+    def __init__(self, session_id: str | None, options: SessionOptions) -> None:
+        self.session_id, self.options = session_id, options
+        self.run: Run | None = None
+        self.token: Token[Session | None] | None = None
+
+    def begin(self) -> None:
+        with guard("session start"):
+            if not get_settings().disabled:
+                self.run = _pipeline.registry.begin_run(self.session_id, self.options)
+
+    def enter(self) -> None:
+        if self.run is not None:
+            self.token = current.set(self.run.session)
+
+    def leave(self) -> None:
+        if self.token is not None:
+            with guard("session context"):
+                current.reset(self.token)
+            self.token = None
+
+    def end(self, exc: BaseException | None) -> None:
+        with guard("session end"):
+            if self.run is not None:
+                if exc is not None and isinstance(exc, Exception):
+                    self.run.session.record_error()
+                _pipeline.registry.end_run(self.run)
+
+
+def _resolve_id(session_id: SessionId, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    if callable(session_id):
+        with guard("session_id callable"):
+            return str(session_id(*args, **kwargs))
+        return None
+    return session_id
+
+
+@overload
+def track_agent(fn: F, /) -> F: ...
+@overload
+def track_agent(*, session_id: SessionId = None, agent_id: str | None = None, agent_type: str | None = None,
+                project_id: str | None = None, task_id: str | None = None, billable: bool | None = None,
+                notes: str | None = None, metadata: Mapping[str, Any] | None = None,
+                framework: str | None = None, expense_category_id: str | None = None) -> Callable[[F], F]: ...
+def track_agent(fn: Callable[..., Any] | None = None, /, *, session_id: SessionId = None,
+                **options: Any) -> Any:
+    """Bill every call of a function as (part of) a session.
+
+    Works on sync, async, generator and async-generator functions, bare (`@track_agent`) or with
+    settings (`@track_agent(agent_id="support-bot", project_id=...)`). A call inside an open
+    session joins it; otherwise it starts one that ends when the call returns. `session_id` may be
+    a string or a callable given the function's arguments. The function's own exceptions
+    propagate unchanged; the session counts the error and still bills what was spent.
+    """
+    opts = _options(**options)
+
+    def decorate(func: F) -> F:
+        if inspect.isasyncgenfunction(func):
+            wrapper: Callable[..., Any] = _wrap_async_gen(func, session_id, opts)
+        elif inspect.iscoroutinefunction(func):
+            wrapper = _wrap_async(func, session_id, opts)
+        elif inspect.isgeneratorfunction(func):
+            wrapper = _wrap_gen(func, session_id, opts)
+        else:
+            wrapper = _wrap_sync(func, session_id, opts)
+        return functools.wraps(func)(wrapper)  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _wrap_sync(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
+        scope.begin()
+        scope.enter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            scope.leave()
+            scope.end(exc)
+            raise
+        scope.leave()
+        scope.end(None)
+        return result
+
+    return wrapper
+
+
+def _wrap_async(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
+        scope.begin()
+        scope.enter()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            scope.leave()
+            scope.end(exc)
+            raise
+        scope.leave()
+        scope.end(None)
+        return result
+
+    return wrapper
+
+
+def _wrap_gen(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
+        scope.begin()
+        gen = func(*args, **kwargs)
+        error: BaseException | None = None
+        # Drive the inner generator step by step so the session is current only while its body
+        # runs, never in the consumer's code between two items.
+        throw, value = False, None
+        try:
+            while True:
+                scope.enter()
+                try:
+                    item = gen.throw(value) if throw else gen.send(value)  # type: ignore[arg-type]
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    scope.leave()
+                try:
+                    value, throw = (yield item), False
+                except GeneratorExit:
+                    gen.close()
+                    raise
+                except BaseException as exc:
+                    value, throw = exc, True
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            scope.end(error)
+
+    return wrapper
+
+
+def _wrap_async_gen(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
+        scope.begin()
+        agen = func(*args, **kwargs)
+        error: BaseException | None = None
+        throw, value = False, None
+        try:
+            while True:
+                scope.enter()
+                try:
+                    item = await (agen.athrow(value) if throw else agen.asend(value))  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+                finally:
+                    scope.leave()
+                try:
+                    value, throw = (yield item), False
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as exc:
+                    value, throw = exc, True
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            scope.end(error)
+
+    return wrapper
+
+
+class session:
+    """`with keito.session() as s:` (or `async with`): everything inside is one session.
+
+    Joins the enclosing open session, or the open session named by `session_id`; otherwise starts
+    one that ends when the block exits. `s.session_id` is readable inside the block.
+    """
+
+    def __init__(self, session_id: str | None = None, **options: Any) -> None:
+        self._scope = _Scope(session_id, _options(**options))
+
+    def __enter__(self) -> Session:
+        self._scope.begin()
+        self._scope.enter()
+        run = self._scope.run
+        return run.session if run is not None else Session("disabled", SessionOptions())
+
+    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._scope.leave()
+        self._scope.end(exc)
+
+    async def __aenter__(self) -> Session:
+        return self.__enter__()
+
+    async def __aexit__(self, tp: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(tp, exc, tb)
+
+
+def _target(session_id: str | None) -> tuple[Session, bool]:
+    """The session a record_* call goes to, and whether it is a one-off to end right away."""
+    if session_id is not None:
+        found = _pipeline.registry.get(session_id)
+        if found is not None:
+            return found, False
+        return _pipeline.registry.resolve(session_id, SessionOptions(), close="idle", join_current=False), False
+    enclosing = current_session()
+    if enclosing is not None:
+        return enclosing, False
+    return Session(new_session_id(), SessionOptions()), True
+
+
+@guarded("record_llm_call", default=False)
+def record_llm_call(model: str, provider: str | None = None, *, input_tokens: int = 0, output_tokens: int = 0,
+                    cache_read_tokens: int = 0, cache_write_tokens: int = 0, reasoning_tokens: int = 0,
+                    cached: bool = False, usage_missing: bool = False, call_id: str | None = None,
+                    session_id: str | None = None) -> bool:
+    """Count one LLM call.
+
+    Token convention: `input_tokens` is the whole prompt, cache reads and writes included;
+    `output_tokens` includes `reasoning_tokens`. The call goes to `session_id` (kept open until
+    `idle_timeout`), else the current session; outside any session it is billed on its own as an
+    expense with no time entry. A repeated `call_id` in the same session is counted once.
+    """
+    if get_settings().disabled:
+        return False
+    target, one_off = _target(session_id)
+    counted = target.record_llm_call(model, provider, input_tokens=input_tokens, output_tokens=output_tokens,
+                                     cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
+                                     reasoning_tokens=reasoning_tokens, cached=cached,
+                                     usage_missing=usage_missing, call_id=call_id)
+    if one_off:
+        _pipeline.registry.finish(target, "completed")
+    return counted
+
+
+@guarded("log_outcome")
+def log_outcome(outcome_type: str, *, quantity: float = 1, unit_price: float | None = None, success: bool = True,
+                description: str | None = None, evidence: Mapping[str, Any] | None = None,
+                metadata: Mapping[str, Any] | None = None, session_id: str | None = None) -> None:
+    """Log a business outcome (Keito's outcome shape: a time entry with hours 0 and `outcome_*` metadata).
+
+    It is sent with the session's records when the session ends; outside a session, at once.
+    """
+    if get_settings().disabled:
+        return
+    target, one_off = _target(session_id)
+    target.add_outcome(outcome_type, quantity=quantity, unit_price=unit_price, success=success,
+                       description=description, evidence=dict(evidence) if evidence else None,
+                       metadata=dict(metadata or {}))
+    if one_off:
+        _pipeline.registry.finish(target, "completed")
+
+
+@guarded("flush", default=False)
+def flush(timeout: float = 10.0) -> bool:
+    """Wait up to `timeout` seconds for stored records to reach Keito. Never blocks longer.
+
+    Returns True when nothing is left pending (with no credentials configured, records are kept
+    in the local ledger and this returns True at once). Open sessions are not ended.
+    """
+    if not get_settings().has_credentials:
+        return True
+    return _export.flush(timeout)
+
+
+@guarded("shutdown", default=False)
+def shutdown(timeout: float = 10.0) -> bool:
+    """End every open session, deliver what can be delivered within `timeout`, stop the exporter."""
+    return _pipeline.shutdown(timeout)

@@ -1,0 +1,298 @@
+"""Settings: `configure(**settings)` over `KEITO_*` environment variables.
+
+Settings are an immutable snapshot swapped atomically, so hot paths read them without a lock.
+Invalid values given to `configure()` raise `ValueError` naming the setting; invalid environment
+values are warned about once and fall back to the default (the host must not break at import).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_log = logging.getLogger("keito_instrument")
+
+DEFAULT_BASE_URL = "https://app.keito.ai"
+
+Rounding = Literal["nearest", "up", "down"]
+ExpenseMode = Literal["cost", "units"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of keito-instrument. Build it with `configure()`; read it with `get_settings()`."""
+
+    api_key: str | None = field(default=None, repr=False)
+    account_id: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+    project_id: str | None = None
+    task_id: str | None = None
+    expense_category_id: str | None = None
+    agent_id: str | None = None
+    agent_type: str | None = None
+    billable: bool = True
+    ledger_path: str | None = None
+    timezone: str | None = None
+    disabled: bool = False
+    hours_increment: float = 0.01
+    rounding: Rounding = "nearest"
+    min_hours: float = 0.0
+    cost_multiplier: float = 1.0
+    cost_decimals: int = 6
+    expense_mode: ExpenseMode = "cost"
+    price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    idle_timeout: float = 1800.0
+    max_open_sessions: int = 10_000
+    max_open_runs: int = 10_000
+    max_run_age: float = 86_400.0
+    capture_content: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 100
+    flush_interval: float = 1.0
+    max_concurrency: int = 8
+    request_timeout: float = 10.0
+    atexit_timeout: float = 5.0
+
+    @property
+    def has_credentials(self) -> bool:
+        """True when records can be sent to Keito (an API key and an account id are set)."""
+        return bool(self.api_key and self.account_id)
+
+    def tzinfo(self) -> ZoneInfo | None:
+        """The workspace time zone, or None for the machine's local time zone."""
+        return ZoneInfo(self.timezone) if self.timezone else None
+
+
+_ENV: dict[str, str] = {
+    "api_key": "KEITO_API_KEY",
+    "account_id": "KEITO_ACCOUNT_ID",
+    "base_url": "KEITO_BASE_URL",
+    "project_id": "KEITO_PROJECT_ID",
+    "task_id": "KEITO_TASK_ID",
+    "expense_category_id": "KEITO_EXPENSE_CATEGORY_ID",
+    "agent_id": "KEITO_AGENT_ID",
+    "agent_type": "KEITO_AGENT_TYPE",
+    "billable": "KEITO_BILLABLE",
+    "ledger_path": "KEITO_LEDGER",
+    "timezone": "KEITO_TIMEZONE",
+    "disabled": "KEITO_DISABLED",
+    "hours_increment": "KEITO_HOURS_INCREMENT",
+    "rounding": "KEITO_ROUNDING",
+    "min_hours": "KEITO_MIN_HOURS",
+    "cost_multiplier": "KEITO_COST_MULTIPLIER",
+    "expense_mode": "KEITO_EXPENSE_MODE",
+    "idle_timeout": "KEITO_IDLE_TIMEOUT",
+    "capture_content": "KEITO_CAPTURE_CONTENT",
+}
+ENV_VARS: Mapping[str, str] = _ENV
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"keito-instrument setting {name!r}: expected true/false, got {value!r}")
+
+
+def _to_number(name: str, value: Any, kind: type[float] | type[int]) -> float | int:
+    if isinstance(value, bool):
+        raise ValueError(f"keito-instrument setting {name!r}: expected a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"keito-instrument setting {name!r}: expected a number, got {value!r}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"keito-instrument setting 'base_url': {value!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"keito-instrument setting 'base_url': plain http is only allowed for a loopback host "
+            f"(API keys must not cross a network unencrypted), got {value!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"keito-instrument setting 'base_url': {value!r} must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
+    if not isinstance(value, Mapping):
+        raise ValueError("keito-instrument setting 'price_overrides': expected {model: {input: .., output: ..}}")
+    allowed = {"input", "output", "cache_read", "cache_write"}
+    out: dict[str, dict[str, float]] = {}
+    for model, prices in value.items():
+        if not isinstance(prices, Mapping) or not {"input", "output"} <= set(prices):
+            raise ValueError(
+                f"keito-instrument setting 'price_overrides': {model!r} needs 'input' and 'output' "
+                "prices in USD per million tokens"
+            )
+        unknown = set(prices) - allowed
+        if unknown:
+            raise ValueError(f"keito-instrument setting 'price_overrides': {model!r} has unknown keys {unknown}")
+        per_m = {k: float(_to_number("price_overrides", v, float)) for k, v in prices.items()}
+        if any(v < 0 for v in per_m.values()):
+            raise ValueError(f"keito-instrument setting 'price_overrides': {model!r} has a negative price")
+        out[str(model).lower()] = per_m
+    return out
+
+
+def _validate(name: str, value: Any) -> Any:
+    """Coerce one setting to its type and check it; raises ValueError naming the setting."""
+    if name not in _FIELDS:
+        raise ValueError(f"keito-instrument has no setting {name!r}; known settings: {', '.join(sorted(_FIELDS))}")
+    if value is None:
+        if _FIELDS[name].default is None:
+            return None
+        raise ValueError(f"keito-instrument setting {name!r} cannot be None")
+    if name in ("billable", "disabled", "capture_content"):
+        return _to_bool(name, value)
+    if name == "base_url":
+        return _check_base_url(str(value))
+    if name == "timezone":
+        try:
+            ZoneInfo(str(value))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"keito-instrument setting 'timezone': unknown time zone {value!r}") from None
+        return str(value)
+    if name == "rounding":
+        if value not in ("nearest", "up", "down"):
+            raise ValueError(f"keito-instrument setting 'rounding': expected nearest, up or down, got {value!r}")
+        return value
+    if name == "expense_mode":
+        if value not in ("cost", "units"):
+            raise ValueError(f"keito-instrument setting 'expense_mode': expected cost or units, got {value!r}")
+        return value
+    if name == "price_overrides":
+        return _check_prices(value)
+    if name == "metadata":
+        if not isinstance(value, Mapping):
+            raise ValueError("keito-instrument setting 'metadata': expected a mapping of extra metadata keys")
+        return dict(value)
+    if name in ("hours_increment", "min_hours", "cost_multiplier", "idle_timeout", "max_run_age",
+                "flush_interval", "request_timeout", "atexit_timeout"):
+        number = float(_to_number(name, value, float))
+        if number < 0 or number != number:
+            raise ValueError(f"keito-instrument setting {name!r} must be >= 0, got {value!r}")
+        if name == "hours_increment" and not 0 < number <= 1:
+            raise ValueError(f"keito-instrument setting 'hours_increment' must be in (0, 1] hours, got {value!r}")
+        if name == "min_hours" and number > 24:
+            raise ValueError(f"keito-instrument setting 'min_hours' must be <= 24, got {value!r}")
+        return number
+    if name in ("cost_decimals", "max_open_sessions", "max_open_runs", "batch_size", "max_concurrency"):
+        number_i = int(_to_number(name, value, int))
+        low = 0 if name == "cost_decimals" else 1
+        if number_i < low:
+            raise ValueError(f"keito-instrument setting {name!r} must be >= {low}, got {value!r}")
+        return number_i
+    text = str(value).strip()
+    return text or None
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, var in _ENV.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = _validate(name, raw)
+        except ValueError as exc:
+            # Never raise into the host from an environment variable: warn and keep the default.
+            _log.warning("ignoring %s: %s", var, exc)
+    if "KEITO_API_URL" in environ and "base_url" not in values:  # the Keito CLI's spelling
+        try:
+            values["base_url"] = _check_base_url(environ["KEITO_API_URL"])
+        except ValueError as exc:
+            _log.warning("ignoring KEITO_API_URL: %s", exc)
+    return values
+
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_overrides: dict[str, Any] = {}
+_listeners: list[Any] = []
+
+
+def get_settings() -> Settings:
+    """The settings in force: environment variables overlaid by `configure()` arguments."""
+    current = _settings
+    if current is None:
+        with _lock:
+            if _settings is None:
+                _install(Settings(**{**_from_env(os.environ), **_overrides}))
+            current = _settings
+    assert current is not None
+    return current
+
+
+def _install(settings: Settings) -> None:
+    global _settings
+    _settings = settings
+    for listener in list(_listeners):
+        listener(settings)
+
+
+def on_change(listener: Any) -> None:
+    """Call `listener(settings)` whenever `configure()` installs new settings (e.g. the exporter)."""
+    _listeners.append(listener)
+
+
+def configure(**settings: Any) -> Settings:
+    """Set keito-instrument's settings; every one also reads a `KEITO_*` environment variable.
+
+    Arguments override the environment and earlier `configure()` calls. Calling it with no
+    arguments re-reads the environment. Missing credentials are not an error: records then stay
+    in the local ledger until `keito-instrument sync`.
+
+    Raises:
+        ValueError: a setting is unknown or its value is invalid; the message names the setting.
+    """
+    checked = {name: _validate(name, value) for name, value in settings.items()}
+    with _lock:
+        _overrides.update(checked)
+        env = _from_env(os.environ)
+        _install(Settings(**{**env, **_overrides}))
+        assert _settings is not None
+        result = _settings
+    if result.has_credentials:
+        for name in ("project_id", "task_id", "expense_category_id"):
+            if getattr(result, name) is None:
+                _log.warning(
+                    "keito-instrument: %s is not set (configure(%s=...) or %s); records are kept in the "
+                    "ledger until it is", name, name, _ENV[name]
+                )
+    return result
+
+
+def reset_settings() -> None:
+    """Forget every `configure()` argument and re-read the environment on next use (for tests)."""
+    global _settings
+    with _lock:
+        _overrides.clear()
+        _settings = None

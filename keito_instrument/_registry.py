@@ -1,0 +1,201 @@
+"""Open sessions: lookup by id, joining rules, bounded size and age, idle closing, fork safety.
+
+Session-id resolution (DESIGN.md): an explicit id > the enclosing open session (a context
+variable, so it follows threads started with `contextvars.copy_context()` and asyncio tasks) >
+a framework-native id passed by the adapter > a new UUID4.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from contextvars import ContextVar
+
+from ._config import get_settings
+from ._guard import guard
+from ._session import Run, Session, SessionOptions, SessionSnapshot
+
+current: ContextVar[Session | None] = ContextVar("keito_instrument_session", default=None)
+
+MAX_SESSION_ID = 200
+
+
+def new_session_id() -> str:
+    """A fresh random session id."""
+    return str(uuid.uuid4())
+
+
+class Registry:
+    """The process-wide table of open sessions. Every method is thread-safe and O(1) amortised."""
+
+    def __init__(self, on_end: Callable[[SessionSnapshot], None]) -> None:
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, Session] = OrderedDict()
+        self._last_sweep = 0.0
+        self._sweeper: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    # -- lookup and opening ---------------------------------------------------------------------
+    def get(self, session_id: str) -> Session | None:
+        """The open session with this id, if any."""
+        return self._open.get(session_id)
+
+    def open_sessions(self) -> list[Session]:
+        """A copy of the list of open sessions, oldest first."""
+        with self._lock:
+            return list(self._open.values())
+
+    def resolve(self, session_id: str | None, options: SessionOptions, *, close: str = "runs",
+                join_current: bool = True) -> Session:
+        """The session a new root run belongs to, created if needed."""
+        if session_id is None and join_current:
+            enclosing = current.get()
+            if enclosing is not None and not enclosing.ended:
+                return enclosing
+        if session_id is not None:
+            session_id = str(session_id)[:MAX_SESSION_ID]
+        evicted: list[Session] = []
+        with self._lock:
+            if session_id is not None:
+                found = self._open.get(session_id)
+                if found is not None and not found.ended:
+                    return found
+            session = Session(session_id or new_session_id(), options, close)
+            self._open[session.session_id] = session
+            settings = get_settings()
+            while len(self._open) > settings.max_open_sessions:
+                evicted.append(self._open.popitem(last=False)[1])
+        for old in evicted:
+            self.finish(old, "evicted")
+        if close == "idle":
+            self._ensure_sweeper()
+        self.maybe_sweep()
+        return session
+
+    def begin_run(self, session_id: str | None, options: SessionOptions, *, close: str = "runs",
+                  join_current: bool = True) -> Run | None:
+        """Open a root run in the resolved session (retrying once if it ended meanwhile)."""
+        for _ in range(2):
+            run = self.resolve(session_id, options, close=close, join_current=join_current).begin_run()
+            if run is not None:
+                return run
+        return None
+
+    def end_run(self, run: Run) -> None:
+        """Close a run; the session ends if that was its last run and it closes with its runs."""
+        if run.session.end_run(run):
+            self.end(run.session, "completed")
+
+    def end(self, session: Session, reason: str) -> None:
+        """End a session now (its open runs are closed at the last activity seen)."""
+        with self._lock:
+            if self._open.get(session.session_id) is session:
+                del self._open[session.session_id]
+        self.finish(session, reason)
+
+    def end_session(self, session_id: str, reason: str = "explicit") -> bool:
+        """End the open session with this id; False if none is open."""
+        session = self._open.get(session_id)
+        if session is None:
+            return False
+        self.end(session, reason)
+        return True
+
+    def finish(self, session: Session, reason: str) -> None:
+        """End a session that is not (or no longer) in the table."""
+        snapshot = session.finish(reason)
+        if snapshot is not None:
+            with guard("session end"):
+                self._on_end(snapshot)
+
+    def close_all(self, reason: str) -> int:
+        """End every open session (used by shutdown and the atexit hook). Returns how many ended."""
+        sessions = self.open_sessions()
+        for session in sessions:
+            self.end(session, reason)
+        return len(sessions)
+
+    # -- bounded age and idle closing -----------------------------------------------------------
+    def maybe_sweep(self) -> None:
+        """Sweep at most once a second, piggybacking on API activity."""
+        now = time.monotonic()
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
+            self.sweep(now)
+
+    def sweep(self, now: float | None = None) -> int:
+        """End idle sessions and sessions whose runs are older than `max_run_age`."""
+        now = time.monotonic() if now is None else now
+        settings = get_settings()
+        due: list[tuple[Session, str]] = []
+        for session in self.open_sessions():
+            timeout = session.options.idle_timeout or settings.idle_timeout
+            if session.oldest_run_age(now) > settings.max_run_age:
+                due.append((session, "run_age_exceeded"))
+            elif session.close == "idle" and session.idle_for(now) > timeout:
+                due.append((session, "idle_timeout"))
+            elif session.close == "runs" and not session.open_runs and session.idle_for(now) > timeout:
+                due.append((session, "idle_timeout"))  # opened by record_* alone and never closed
+        for session, reason in due:
+            self.end(session, reason)
+        return len(due)
+
+    def _ensure_sweeper(self) -> None:
+        with self._lock:
+            if self._sweeper is not None and self._sweeper.is_alive():
+                return
+            ref = weakref.ref(self)
+            self._sweeper = threading.Thread(target=_sweep_loop, args=(ref, self._wake),
+                                             name="keito-instrument-sweeper", daemon=True)
+            self._sweeper.start()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent owns (and will bill) every session open at fork time; the child must not.
+        for session in self._open.values():
+            session.ended = True
+        self._lock = threading.Lock()
+        self._open = OrderedDict()
+        self._sweeper = None
+        self._wake = threading.Event()
+
+
+def _sweep_loop(ref: weakref.ReferenceType[Registry], wake: threading.Event) -> None:
+    while True:
+        registry = ref()
+        if registry is None:
+            return
+        interval = max(0.05, min(30.0, get_settings().idle_timeout / 4))
+        with guard("idle sweep"):
+            registry.sweep()
+            with registry._lock:  # the same lock _ensure_sweeper holds: no idle session is orphaned
+                if not any(s.close == "idle" for s in registry._open.values()):
+                    registry._sweeper = None
+                    return
+        del registry
+        if wake.wait(interval):
+            return
+
+
+def _register_fork_hook(registry: Registry) -> None:
+    ref = weakref.ref(registry)
+
+    def child() -> None:
+        target = ref()
+        if target is not None:
+            target._after_fork_in_child()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=child)
+
+
+def make_registry(on_end: Callable[[SessionSnapshot], None]) -> Registry:
+    """Create a registry and hook it to fork."""
+    registry = Registry(on_end)
+    _register_fork_hook(registry)
+    return registry

@@ -1,0 +1,277 @@
+"""A billable session: active intervals, per-model usage and counts, safe across threads.
+
+Every method runs on the caller's thread, takes one short lock, does O(1) work and no I/O.
+Times are kept on the monotonic clock and mapped to wall time through one anchor taken when the
+session opens, so a wall-clock jump (NTP, DST) cannot stretch or shrink what is billed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._guard import guard
+from ._usage import ModelUsage, normalised_call
+
+MAX_CALL_IDS = 100_000
+MAX_BREAKDOWN_KEYS = 200
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Per-session settings; None falls back to the global setting when records are built."""
+
+    project_id: str | None = None
+    task_id: str | None = None
+    expense_category_id: str | None = None
+    agent_id: str | None = None
+    agent_type: str | None = None
+    framework: str | None = None
+    billable: bool | None = None
+    notes: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A business outcome logged in a session: billed as a time entry with hours 0."""
+
+    outcome_type: str
+    quantity: float
+    unit_price: float | None
+    success: bool
+    description: str | None
+    evidence: Mapping[str, Any] | None
+    metadata: Mapping[str, Any]
+    seq: int
+    logged_at: float | None = None  # wall clock
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """Everything a session produced, frozen when it ended; the input of record building."""
+
+    session_id: str
+    options: SessionOptions
+    opened_at: float  # wall clock when the session object was created: part of every record_id
+    started_at: float  # wall clock, epoch seconds
+    ended_at: float
+    intervals: tuple[tuple[float, float], ...]  # merged wall-clock intervals of root runs
+    usage: tuple[ModelUsage, ...]
+    llm_calls: int
+    tool_calls: int
+    errors: int
+    outcomes: tuple[Outcome, ...]
+    breakdown: Mapping[str, Mapping[str, int]]
+    end_reason: str
+    had_runs: bool
+
+    @property
+    def active_seconds(self) -> float:
+        """Billed working time: the length of the union of root-run intervals."""
+        return sum(end - start for start, end in self.intervals)
+
+
+class Run:
+    """One root run inside a session (a decorated call, a root chain, a kickoff, a root span)."""
+
+    __slots__ = ("_ended", "run_id", "session", "start")
+
+    def __init__(self, session: Session, run_id: int, start: float) -> None:
+        self.session = session
+        self.run_id = run_id
+        self.start = start
+        self._ended = False
+
+    @property
+    def session_id(self) -> str:
+        """The id of the session this run belongs to."""
+        return self.session.session_id
+
+
+class Session:
+    """A billable session. Read `session_id`; record into it with the `record_*` methods."""
+
+    def __init__(self, session_id: str, options: SessionOptions, close: str = "runs") -> None:
+        self.session_id = session_id
+        self.options = options
+        self.close = close  # "runs": ends when its last run ends; "idle": ends after idle_timeout
+        self._lock = threading.Lock()
+        self._mono0 = time.monotonic()
+        self._wall0 = time.time()
+        self._last_activity = self._mono0
+        self._intervals: list[list[float]] = []
+        self._open_runs: dict[int, float] = {}
+        self._next_run = 0
+        self._usage: dict[tuple[str, str | None], ModelUsage] = {}
+        self._call_ids: set[str] = set()
+        self._breakdown: dict[str, dict[str, int]] = {}
+        self._outcomes: list[Outcome] = []
+        self.llm_calls = 0
+        self.tool_calls = 0
+        self.errors = 0
+        self.had_runs = False
+        self.ended = False
+
+    # -- runs ---------------------------------------------------------------------------------
+    def begin_run(self) -> Run | None:
+        """Open a run; None if the session already ended."""
+        now = time.monotonic()
+        with self._lock:
+            if self.ended:
+                return None
+            self._next_run += 1
+            self._open_runs[self._next_run] = now
+            self._last_activity = now
+            self.had_runs = True
+            return Run(self, self._next_run, now)
+
+    def end_run(self, run: Run) -> bool:
+        """Close a run; returns True when the session should now end (no run left, close="runs")."""
+        now = time.monotonic()
+        with self._lock:
+            if run._ended or self.ended:
+                return False
+            run._ended = True
+            start = self._open_runs.pop(run.run_id, run.start)
+            self._add_interval(start, now)
+            self._last_activity = now
+            return self.close == "runs" and not self._open_runs
+
+    def _add_interval(self, start: float, end: float) -> None:
+        # Keep the list sorted and merged: most runs end after the previous one, so this is O(1)
+        # in the common case and parallel runs are never billed twice.
+        end = max(start, end)
+        iv = self._intervals
+        i = len(iv)
+        while i > 0 and iv[i - 1][0] > start:
+            i -= 1
+        if i > 0 and iv[i - 1][1] >= start:
+            i -= 1
+            iv[i][1] = max(iv[i][1], end)
+        else:
+            iv.insert(i, [start, end])
+        while i + 1 < len(iv) and iv[i + 1][0] <= iv[i][1]:
+            iv[i][1] = max(iv[i][1], iv[i + 1][1])
+            del iv[i + 1]
+
+    @property
+    def open_runs(self) -> int:
+        """How many runs of this session are still open."""
+        return len(self._open_runs)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last activity, or 0 while a run is open."""
+        return 0.0 if self._open_runs else now - self._last_activity
+
+    def oldest_run_age(self, now: float) -> float:
+        """Age in seconds of the oldest open run (0 when none is open)."""
+        runs = list(self._open_runs.values())
+        return now - min(runs) if runs else 0.0
+
+    # -- usage ----------------------------------------------------------------------------------
+    def add_usage(self, usage: ModelUsage, call_id: str | None = None,
+                  breakdown: Mapping[str, str] | None = None) -> bool:
+        """Add one model call; a repeated `call_id` is ignored. Returns False if not counted."""
+        with self._lock:
+            if self.ended:
+                return False
+            if call_id is not None:
+                if call_id in self._call_ids:
+                    return False
+                if len(self._call_ids) < MAX_CALL_IDS:
+                    self._call_ids.add(call_id)
+            key = (usage.model, usage.provider)
+            total = self._usage.get(key)
+            if total is None:
+                self._usage[key] = usage
+            else:
+                total.add(usage)
+            self.llm_calls += 1
+            self._last_activity = time.monotonic()
+            if breakdown:
+                for dim, value in breakdown.items():
+                    self._add_breakdown(f"{dim}.{value}", usage)
+            return True
+
+    def _add_breakdown(self, key: str, usage: ModelUsage) -> None:
+        slot = self._breakdown.get(key)
+        if slot is None:
+            if len(self._breakdown) >= MAX_BREAKDOWN_KEYS:
+                return
+            slot = self._breakdown[key] = {"input_tokens": 0, "output_tokens": 0, "llm_calls": 0}
+        slot["input_tokens"] += usage.input_tokens
+        slot["output_tokens"] += usage.output_tokens
+        slot["llm_calls"] += 1
+
+    def record_llm_call(self, model: str, provider: str | None = None, *, input_tokens: int = 0,
+                        output_tokens: int = 0, cache_read_tokens: int = 0, cache_write_tokens: int = 0,
+                        reasoning_tokens: int = 0, cached: bool = False, usage_missing: bool = False,
+                        call_id: str | None = None, breakdown: Mapping[str, str] | None = None) -> bool:
+        """Count one model call in this session (token convention: see `keito_instrument.record_llm_call`).
+
+        Returns True if it was counted (False for a repeated `call_id` or an ended session).
+        """
+        with guard("record_llm_call"):
+            usage = normalised_call(model, provider, input_tokens=input_tokens, output_tokens=output_tokens,
+                                    cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
+                                    reasoning_tokens=reasoning_tokens, cached=cached, usage_missing=usage_missing)
+            return self.add_usage(usage, call_id, breakdown)
+        return False
+
+    def record_tool_call(self, count: int = 1) -> None:
+        """Count tool calls."""
+        self.count(tool_calls=count)
+
+    def record_error(self, count: int = 1) -> None:
+        """Count errors (the session still bills what was spent)."""
+        self.count(errors=count)
+
+    def count(self, *, tool_calls: int = 0, errors: int = 0) -> None:
+        """Count tool calls and errors."""
+        with self._lock:
+            self.tool_calls += tool_calls
+            self.errors += errors
+            self._last_activity = time.monotonic()
+
+    def add_outcome(self, outcome_type: str, **fields: Any) -> None:
+        """Attach an outcome (billed at session end as an hours-0 time entry)."""
+        with self._lock:
+            self._outcomes.append(Outcome(outcome_type=outcome_type, seq=len(self._outcomes) + 1,
+                                          logged_at=time.time(), **fields))
+
+    def usage(self) -> list[ModelUsage]:
+        """A copy of the per-model usage so far."""
+        with self._lock:
+            return [ModelUsage(**{f: getattr(u, f) for f in u.__slots__}) for u in self._usage.values()]
+
+    # -- end ----------------------------------------------------------------------------------
+    def wall(self, mono: float) -> float:
+        """Map a monotonic reading to wall-clock epoch seconds."""
+        return self._wall0 + (mono - self._mono0)
+
+    def finish(self, reason: str, at: float | None = None) -> SessionSnapshot | None:
+        """End the session once; returns its snapshot, or None if it had already ended."""
+        now = time.monotonic() if at is None else at
+        with self._lock:
+            if self.ended:
+                return None
+            self.ended = True
+            for start in self._open_runs.values():
+                # A run that never reported its end is billed up to the last activity we saw.
+                self._add_interval(start, min(now, max(self._last_activity, start)))
+            self._open_runs.clear()
+            intervals = tuple((self.wall(s), self.wall(e)) for s, e in self._intervals)
+            return SessionSnapshot(
+                session_id=self.session_id, options=self.options, opened_at=self._wall0,
+                started_at=intervals[0][0] if intervals else self.wall(self._mono0),
+                ended_at=self.wall(now), intervals=intervals, usage=tuple(self._usage.values()),
+                llm_calls=self.llm_calls, tool_calls=self.tool_calls, errors=self.errors,
+                outcomes=tuple(self._outcomes),
+                breakdown={k: dict(v) for k, v in self._breakdown.items()},
+                end_reason=reason, had_runs=self.had_runs,
+            )

@@ -1,0 +1,203 @@
+"""The spool and local ledger: one SQLite file (WAL) holding every record until it is delivered.
+
+An ended session is written in one transaction (its records, its report row, its usage rows):
+once `append` returns, a kill -9 of the process loses nothing. WAL with synchronous=NORMAL keeps
+committed transactions through a process crash; only an OS crash or power loss can drop the last
+few. Record states: local (no credentials yet), pending, sending (claimed by a process), delivered,
+dead (refused for good, with the server's reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ._records import Built
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    record_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    spent_date TEXT NOT NULL,
+    project_id TEXT,
+    path TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    claim_owner TEXT,
+    claim_until REAL,
+    ambiguous INTEGER NOT NULL DEFAULT 0,
+    remote_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS records_state ON records (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS records_day ON records (spent_date, project_id);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_key TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    spent_date TEXT NOT NULL,
+    project_id TEXT, task_id TEXT, agent_id TEXT, agent_type TEXT, framework TEXT,
+    active_seconds REAL NOT NULL, hours REAL NOT NULL,
+    llm_calls INTEGER NOT NULL, tool_calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    cost_usd REAL, billed_cost REAL, cost_unknown INTEGER NOT NULL, end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
+CREATE TABLE IF NOT EXISTS usage (
+    session_key TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, llm_calls INTEGER NOT NULL, cost_usd REAL,
+    PRIMARY KEY (session_key, model, provider)
+);
+"""
+
+STATES = ("local", "pending", "sending", "delivered", "dead")
+
+
+def default_path() -> Path:
+    """The ledger under the user data directory (KEITO_LEDGER overrides it)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("keito-instrument", appauthor=False)) / "ledger.sqlite3"
+
+
+class Spool:
+    """The SQLite spool. Safe across threads (a connection per thread) and fork (per process)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._local = threading.local()
+        self._schema_lock = threading.Lock()
+        self._ready_pid = -1
+
+    def connect(self) -> sqlite3.Connection:
+        """This thread's connection (a fresh one after fork), with the schema in place."""
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            return conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if self._ready_pid != pid:
+            with self._schema_lock:
+                if self._ready_pid != pid:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.executescript(SCHEMA)
+                    self._ready_pid = pid
+        self._local.conn, self._local.pid = conn, pid
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across threads and processes."""
+        conn = self.connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def append(self, built: Built, state: str) -> None:
+        """Store an ended session durably. Appending the same session twice changes nothing."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO records (record_id, kind, session_id, spent_date, project_id, path,"
+                " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(r.record_id, r.kind, r.session_id, r.spent_date, r.project_id, r.path,
+                  json.dumps(r.payload, separators=(",", ":")), state, now, now) for r in built.records],
+            )
+            row = built.session_row
+            conn.execute(f"INSERT OR IGNORE INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                         tuple(row.values()))
+            if built.usage_rows:
+                cols = list(built.usage_rows[0])
+                conn.executemany(f"INSERT OR IGNORE INTO usage ({', '.join(cols)}) VALUES "
+                                 f"({', '.join('?' * len(cols))})", [tuple(u[c] for c in cols) for u in built.usage_rows])
+
+    def counts(self) -> dict[str, int]:
+        """Records per state (every state present, zero included)."""
+        result = dict.fromkeys(STATES, 0)
+        for row in self.connect().execute("SELECT state, COUNT(*) AS n FROM records GROUP BY state"):
+            result[row["state"]] = row["n"]
+        return result
+
+    def last_errors(self, limit: int = 10) -> list[sqlite3.Row]:
+        """The most recent records that carry an error (dead letters and retrying ones)."""
+        return list(self.connect().execute(
+            "SELECT record_id, kind, session_id, spent_date, state, attempts, last_error, updated_at FROM records"
+            " WHERE last_error IS NOT NULL AND state != 'delivered' ORDER BY updated_at DESC LIMIT ?", (limit,)))
+
+    def records(self, session_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Records with their payloads decoded (for tests, `status` and users' own checks)."""
+        sql, args = "SELECT * FROM records WHERE 1=1", []
+        if session_id is not None:
+            sql, args = sql + " AND session_id = ?", [*args, session_id]
+        if state is not None:
+            sql, args = sql + " AND state = ?", [*args, state]
+        rows = self.connect().execute(sql + " ORDER BY created_at, record_id", args)
+        return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+    def sessions(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Ledger rows of ended sessions, oldest first."""
+        rows = self.connect().execute("SELECT * FROM sessions WHERE started_at >= ? ORDER BY started_at",
+                                      (since or 0.0,))
+        return [dict(r) for r in rows]
+
+    def usage(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Per-model usage rows joined with their session's day, project and agent."""
+        rows = self.connect().execute(
+            "SELECT u.*, s.spent_date, s.project_id, s.agent_id, s.session_id FROM usage u"
+            " JOIN sessions s ON s.session_key = u.session_key WHERE s.started_at >= ?", (since or 0.0,))
+        return [dict(r) for r in rows]
+
+    def release_local(self) -> int:
+        """Turn `local` records into `pending` (credentials now exist). Returns how many."""
+        with self.transaction() as conn:
+            return conn.execute("UPDATE records SET state='pending', updated_at=? WHERE state='local'",
+                                (time.time(),)).rowcount
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+
+_spools: dict[str, Spool] = {}
+_spools_lock = threading.Lock()
+
+
+def get_spool(path: str | os.PathLike[str] | None = None) -> Spool:
+    """The shared `Spool` for a path (default: the configured ledger)."""
+    if path is None:
+        from ._config import get_settings
+
+        path = get_settings().ledger_path or default_path()
+    key = str(Path(path).expanduser())
+    with _spools_lock:
+        spool = _spools.get(key)
+        if spool is None:
+            spool = _spools[key] = Spool(key)
+        return spool

@@ -1,0 +1,3 @@
+from keito_instrument.cli import main
+
+raise SystemExit(main())
