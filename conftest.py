@@ -18,7 +18,7 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test gets its own ledger, no credentials from the environment and fresh settings."""
-    for var in list(_config.ENV_VARS.values()) + ["KEITO_API_URL"]:
+    for var in [*_config.ENV_VARS.values(), "KEITO_API_URL"]:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KEITO_LEDGER", str(tmp_path / "ledger.sqlite3"))
     _config.reset_settings()
@@ -41,8 +41,9 @@ def _guard_failures(request: pytest.FixtureRequest) -> Iterator[list[tuple[str, 
     _guard.remove_swallow_listener(listener)
     if swallowed and request.node.get_closest_marker("guard_errors_expected") is None:
         kind, exc = swallowed[0]
-        raise AssertionError(f"keito-instrument swallowed {len(swallowed)} internal error(s); first in "
-                             f"{kind}: {exc!r}") from exc
+        raise AssertionError(
+            f"keito-instrument swallowed {len(swallowed)} internal error(s); first in {kind}: {exc!r}"
+        ) from exc
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,9 @@ def current_session() -> Session | None:
     return session if session is not None and not session.ended else None
 
 
-def begin_run(session_id: str | None = None, *, close: str = "runs", join_current: bool = True,
-              **options: Any) -> Run | None:
+def begin_run(
+    session_id: str | None = None, *, close: str = "runs", join_current: bool = True, **options: Any
+) -> Run | None:
     """Open a root run for an adapter: joins the enclosing or named open session, else starts one.
 
     `close="runs"` ends the session when its last run ends; `close="idle"` keeps it open across
@@ -41,8 +42,9 @@ def begin_run(session_id: str | None = None, *, close: str = "runs", join_curren
     with guard("begin_run"):
         if get_settings().disabled:
             return None
-        return _pipeline.registry.begin_run(session_id, _options(**options), close=close,
-                                            join_current=join_current)
+        return _pipeline.registry.begin_run(
+            session_id, _options(**options), close=close, join_current=join_current
+        )
     return None
 
 
@@ -111,12 +113,22 @@ def _resolve_id(session_id: SessionId, args: tuple[Any, ...], kwargs: dict[str, 
 @overload
 def track_agent(fn: F, /) -> F: ...
 @overload
-def track_agent(*, session_id: SessionId = None, agent_id: str | None = None, agent_type: str | None = None,
-                project_id: str | None = None, task_id: str | None = None, billable: bool | None = None,
-                notes: str | None = None, metadata: Mapping[str, Any] | None = None,
-                framework: str | None = None, expense_category_id: str | None = None) -> Callable[[F], F]: ...
-def track_agent(fn: Callable[..., Any] | None = None, /, *, session_id: SessionId = None,
-                **options: Any) -> Any:
+def track_agent(
+    *,
+    session_id: SessionId = None,
+    agent_id: str | None = None,
+    agent_type: str | None = None,
+    project_id: str | None = None,
+    task_id: str | None = None,
+    billable: bool | None = None,
+    notes: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    framework: str | None = None,
+    expense_category_id: str | None = None,
+) -> Callable[[F], F]: ...
+def track_agent(
+    fn: Callable[..., Any] | None = None, /, *, session_id: SessionId = None, **options: Any
+) -> Any:
     """Bill every call of a function as (part of) a session.
 
     Works on sync, async, generator and async-generator functions, bare (`@track_agent`) or with
@@ -263,16 +275,18 @@ class session:
         run = self._scope.run
         return run.session if run is not None else Session("disabled", SessionOptions())
 
-    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._scope.leave()
         self._scope.end(exc)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
 
-    async def __aexit__(self, tp: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(tp, exc, tb)
 
 
@@ -282,7 +296,9 @@ def _target(session_id: str | None) -> tuple[Session, bool]:
         found = _pipeline.registry.get(session_id)
         if found is not None:
             return found, False
-        return _pipeline.registry.resolve(session_id, SessionOptions(), close="idle", join_current=False), False
+        return _pipeline.registry.resolve(
+            session_id, SessionOptions(), close="idle", join_current=False
+        ), False
     enclosing = current_session()
     if enclosing is not None:
         return enclosing, False
@@ -290,10 +306,20 @@ def _target(session_id: str | None) -> tuple[Session, bool]:
 
 
 @guarded("record_llm_call", default=False)
-def record_llm_call(model: str, provider: str | None = None, *, input_tokens: int = 0, output_tokens: int = 0,
-                    cache_read_tokens: int = 0, cache_write_tokens: int = 0, reasoning_tokens: int = 0,
-                    cached: bool = False, usage_missing: bool = False, call_id: str | None = None,
-                    session_id: str | None = None) -> bool:
+def record_llm_call(
+    model: str,
+    provider: str | None = None,
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    cached: bool = False,
+    usage_missing: bool = False,
+    call_id: str | None = None,
+    session_id: str | None = None,
+) -> bool:
     """Count one LLM call.
 
     Token convention: `input_tokens` is the whole prompt, cache reads and writes included;
@@ -304,19 +330,35 @@ def record_llm_call(model: str, provider: str | None = None, *, input_tokens: in
     if get_settings().disabled:
         return False
     target, one_off = _target(session_id)
-    counted = target.record_llm_call(model, provider, input_tokens=input_tokens, output_tokens=output_tokens,
-                                     cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
-                                     reasoning_tokens=reasoning_tokens, cached=cached,
-                                     usage_missing=usage_missing, call_id=call_id)
+    counted = target.record_llm_call(
+        model,
+        provider,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read_tokens,
+        cache_write_tokens=cache_write_tokens,
+        reasoning_tokens=reasoning_tokens,
+        cached=cached,
+        usage_missing=usage_missing,
+        call_id=call_id,
+    )
     if one_off:
         _pipeline.registry.finish(target, "completed")
     return counted
 
 
 @guarded("log_outcome")
-def log_outcome(outcome_type: str, *, quantity: float = 1, unit_price: float | None = None, success: bool = True,
-                description: str | None = None, evidence: Mapping[str, Any] | None = None,
-                metadata: Mapping[str, Any] | None = None, session_id: str | None = None) -> None:
+def log_outcome(
+    outcome_type: str,
+    *,
+    quantity: float = 1,
+    unit_price: float | None = None,
+    success: bool = True,
+    description: str | None = None,
+    evidence: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    session_id: str | None = None,
+) -> None:
     """Log a business outcome (Keito's outcome shape: a time entry with hours 0 and `outcome_*` metadata).
 
     It is sent with the session's records when the session ends; outside a session, at once.
@@ -324,9 +366,15 @@ def log_outcome(outcome_type: str, *, quantity: float = 1, unit_price: float | N
     if get_settings().disabled:
         return
     target, one_off = _target(session_id)
-    target.add_outcome(outcome_type, quantity=quantity, unit_price=unit_price, success=success,
-                       description=description, evidence=dict(evidence) if evidence else None,
-                       metadata=dict(metadata or {}))
+    target.add_outcome(
+        outcome_type,
+        quantity=quantity,
+        unit_price=unit_price,
+        success=success,
+        description=description,
+        evidence=dict(evidence) if evidence else None,
+        metadata=dict(metadata or {}),
+    )
     if one_off:
         _pipeline.registry.finish(target, "completed")
 

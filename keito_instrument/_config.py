@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -143,7 +144,9 @@ def _check_base_url(value: str) -> str:
 
 def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
     if not isinstance(value, Mapping):
-        raise ValueError("keito-instrument setting 'price_overrides': expected {model: {input: .., output: ..}}")
+        raise ValueError(
+            "keito-instrument setting 'price_overrides': expected {model: {input: .., output: ..}}"
+        )
     allowed = {"input", "output", "cache_read", "cache_write"}
     out: dict[str, dict[str, float]] = {}
     for model, prices in value.items():
@@ -154,7 +157,9 @@ def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
             )
         unknown = set(prices) - allowed
         if unknown:
-            raise ValueError(f"keito-instrument setting 'price_overrides': {model!r} has unknown keys {unknown}")
+            raise ValueError(
+                f"keito-instrument setting 'price_overrides': {model!r} has unknown keys {unknown}"
+            )
         per_m = {k: float(_to_number("price_overrides", v, float)) for k, v in prices.items()}
         if any(v < 0 for v in per_m.values()):
             raise ValueError(f"keito-instrument setting 'price_overrides': {model!r} has a negative price")
@@ -165,7 +170,9 @@ def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
 def _validate(name: str, value: Any) -> Any:
     """Coerce one setting to its type and check it; raises ValueError naming the setting."""
     if name not in _FIELDS:
-        raise ValueError(f"keito-instrument has no setting {name!r}; known settings: {', '.join(sorted(_FIELDS))}")
+        raise ValueError(
+            f"keito-instrument has no setting {name!r}; known settings: {', '.join(sorted(_FIELDS))}"
+        )
     if value is None:
         if _FIELDS[name].default is None:
             return None
@@ -182,11 +189,15 @@ def _validate(name: str, value: Any) -> Any:
         return str(value)
     if name == "rounding":
         if value not in ("nearest", "up", "down"):
-            raise ValueError(f"keito-instrument setting 'rounding': expected nearest, up or down, got {value!r}")
+            raise ValueError(
+                f"keito-instrument setting 'rounding': expected nearest, up or down, got {value!r}"
+            )
         return value
     if name == "expense_mode":
         if value not in ("cost", "units"):
-            raise ValueError(f"keito-instrument setting 'expense_mode': expected cost or units, got {value!r}")
+            raise ValueError(
+                f"keito-instrument setting 'expense_mode': expected cost or units, got {value!r}"
+            )
         return value
     if name == "price_overrides":
         return _check_prices(value)
@@ -194,13 +205,23 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError("keito-instrument setting 'metadata': expected a mapping of extra metadata keys")
         return dict(value)
-    if name in ("hours_increment", "min_hours", "cost_multiplier", "idle_timeout", "max_run_age",
-                "flush_interval", "request_timeout", "atexit_timeout"):
+    if name in (
+        "hours_increment",
+        "min_hours",
+        "cost_multiplier",
+        "idle_timeout",
+        "max_run_age",
+        "flush_interval",
+        "request_timeout",
+        "atexit_timeout",
+    ):
         number = float(_to_number(name, value, float))
-        if number < 0 or number != number:
+        if number < 0 or math.isnan(number):
             raise ValueError(f"keito-instrument setting {name!r} must be >= 0, got {value!r}")
         if name == "hours_increment" and not 0 < number <= 1:
-            raise ValueError(f"keito-instrument setting 'hours_increment' must be in (0, 1] hours, got {value!r}")
+            raise ValueError(
+                f"keito-instrument setting 'hours_increment' must be in (0, 1] hours, got {value!r}"
+            )
         if name == "min_hours" and number > 24:
             raise ValueError(f"keito-instrument setting 'min_hours' must be <= 24, got {value!r}")
         return number
@@ -285,7 +306,10 @@ def configure(**settings: Any) -> Settings:
             if getattr(result, name) is None:
                 _log.warning(
                     "keito-instrument: %s is not set (configure(%s=...) or %s); records are kept in the "
-                    "ledger until it is", name, name, _ENV[name]
+                    "ledger until it is",
+                    name,
+                    name,
+                    _ENV[name],
                 )
     return result
 

@@ -32,8 +32,11 @@ def report(kind: str, exc: BaseException) -> None:
         _seen.add(kind)
     try:
         if first:
-            _log.error("keito-instrument internal error in %s (ignored; the host is unaffected)", kind,
-                       exc_info=(type(exc), exc, exc.__traceback__))
+            _log.error(
+                "keito-instrument internal error in %s (ignored; the host is unaffected)",
+                kind,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
         else:
             _log.debug("keito-instrument internal error in %s: %r", kind, exc)
         for listener in list(_listeners):
@@ -53,8 +56,9 @@ class guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         if exc is None or not isinstance(exc, Exception):
             return False
         report(self.kind, exc)

@@ -26,7 +26,9 @@ def flat_value(value: Any) -> Any:
     return dumps(value)
 
 
-def fit(required: Mapping[str, Any], *tiers: Mapping[str, Any], limit: int = METADATA_LIMIT) -> dict[str, Any]:
+def fit(
+    required: Mapping[str, Any], *tiers: Mapping[str, Any], limit: int = METADATA_LIMIT
+) -> dict[str, Any]:
     """Merge metadata tiers under `limit` bytes, dropping optional keys first.
 
     `required` keys (the ids) are never dropped. Later tiers are dropped before earlier ones, and

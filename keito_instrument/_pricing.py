@@ -69,8 +69,12 @@ def _override_cost(usage: ModelUsage, prices: Mapping[str, float]) -> Decimal:
     price_read = Decimal(str(prices.get("cache_read", prices["input"])))
     price_write = Decimal(str(prices.get("cache_write", prices["input"])))
     uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
-    total = (uncached * price_in + usage.cache_read_tokens * price_read
-             + usage.cache_write_tokens * price_write + usage.output_tokens * price_out)
+    total = (
+        uncached * price_in
+        + usage.cache_read_tokens * price_read
+        + usage.cache_write_tokens * price_write
+        + usage.output_tokens * price_out
+    )
     return total / _MILLION
 
 
@@ -82,8 +86,11 @@ def normalise_provider(provider: str | None) -> str | None:
     return PROVIDER_ALIASES.get(key, key)
 
 
-def price(usage: ModelUsage, overrides: Mapping[str, Mapping[str, float]] | None = None,
-          timestamp: float | None = None) -> Cost:
+def price(
+    usage: ModelUsage,
+    overrides: Mapping[str, Mapping[str, float]] | None = None,
+    timestamp: float | None = None,
+) -> Cost:
     """Price one model's usage. Never raises for an unknown model: it returns `Cost(None, ...)`."""
     if usage.input_tokens == 0 and usage.output_tokens == 0:
         return Cost(Decimal(0), "no tokens")
@@ -96,8 +103,10 @@ def price(usage: ModelUsage, overrides: Mapping[str, Mapping[str, float]] | None
     from genai_prices import Usage, calc_price
 
     gp_usage = Usage(
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
         output_reasoning_tokens=usage.reasoning_tokens,
     )
     when = datetime.fromtimestamp(timestamp, tz=timezone.utc) if timestamp else None
@@ -119,6 +128,7 @@ def price(usage: ModelUsage, overrides: Mapping[str, Mapping[str, float]] | None
         _log.warning(
             "keito-instrument: no price known for model %r (provider %r); its expense is sent in units "
             "(thousands of tokens) with cost_unknown=true. Add it with configure(price_overrides=...)",
-            model, usage.provider,
+            model,
+            usage.provider,
         )
     return Cost(None, "unpriced")

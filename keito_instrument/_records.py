@@ -106,10 +106,15 @@ def build(snapshot: SessionSnapshot, settings: Settings) -> Built:
     tz = settings.tzinfo()
     priced = [PricedUsage(u, price(u, settings.price_overrides, snapshot.started_at)) for u in snapshot.usage]
     priced.sort(key=lambda p: -p.usage.total_tokens)
-    ids = {f: _opt(snapshot, settings, f) for f in ("project_id", "task_id", "expense_category_id",
-                                                  "agent_id", "agent_type", "billable")}
-    common = {"agent_id": ids["agent_id"], "agent_type": ids["agent_type"],
-              "framework": snapshot.options.framework or "python"}
+    ids = {
+        f: _opt(snapshot, settings, f)
+        for f in ("project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable")
+    }
+    common = {
+        "agent_id": ids["agent_id"],
+        "agent_type": ids["agent_type"],
+        "framework": snapshot.options.framework or "python",
+    }
     user_meta = {**settings.metadata, **snapshot.options.metadata}
     days = split_by_day(snapshot.intervals, tz) if snapshot.had_runs else {}
     first_day = min(days) if days else datetime.fromtimestamp(snapshot.started_at, tz).astimezone(tz).date()
@@ -117,50 +122,90 @@ def build(snapshot: SessionSnapshot, settings: Settings) -> Built:
     hours_by_day = {d: round_hours(s, settings.hours_increment, settings.rounding) for d, s in days.items()}
     if days and sum(hours_by_day.values()) < settings.min_hours:
         longest = max(days, key=lambda d: days[d])
-        hours_by_day[longest] = round(hours_by_day[longest] + settings.min_hours - sum(hours_by_day.values()), 6)
+        hours_by_day[longest] = round(
+            hours_by_day[longest] + settings.min_hours - sum(hours_by_day.values()), 6
+        )
     total_in = sum(p.usage.input_tokens for p in priced)
     total_out = sum(p.usage.output_tokens for p in priced)
     primary = priced[0].usage.model if priced else None
     for index, day in enumerate(sorted(days)):
         rid = record_id(snapshot, "time_entry", day.isoformat())
-        core = {**common, "model": primary, "duration_seconds": round(days[day], 3),
-                "session_duration_seconds": round(snapshot.active_seconds, 3),
-                "llm_calls": snapshot.llm_calls, "tool_calls": snapshot.tool_calls, "errors": snapshot.errors,
-                "started_at": _iso(snapshot.started_at, tz), "ended_at": _iso(snapshot.ended_at, tz),
-                "end_reason": snapshot.end_reason}
+        core = {
+            **common,
+            "model": primary,
+            "duration_seconds": round(days[day], 3),
+            "session_duration_seconds": round(snapshot.active_seconds, 3),
+            "llm_calls": snapshot.llm_calls,
+            "tool_calls": snapshot.tool_calls,
+            "errors": snapshot.errors,
+            "started_at": _iso(snapshot.started_at, tz),
+            "ended_at": _iso(snapshot.ended_at, tz),
+            "end_reason": snapshot.end_reason,
+        }
         if len(days) > 1:
             core.update(day_index=index + 1, days=len(days))
         if days[day] > 24 * 3600:
             core["duration_capped"] = True
         notes = snapshot.options.notes or _time_notes(snapshot, ids["agent_id"])
-        payload = {"project_id": ids["project_id"], "task_id": ids["task_id"], "spent_date": day.isoformat(),
-                   "hours": hours_by_day[day], "notes": md.truncate(notes), "billable": bool(ids["billable"]),
-                   "source": "agent",
-                   "metadata": md.fit({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta)}
-        records.append(Record(rid, "time_entry", snapshot.session_id, day.isoformat(), ids["project_id"], payload))
+        payload = {
+            "project_id": ids["project_id"],
+            "task_id": ids["task_id"],
+            "spent_date": day.isoformat(),
+            "hours": hours_by_day[day],
+            "notes": md.truncate(notes),
+            "billable": bool(ids["billable"]),
+            "source": "agent",
+            "metadata": md.fit({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta),
+        }
+        records.append(
+            Record(rid, "time_entry", snapshot.session_id, day.isoformat(), ids["project_id"], payload)
+        )
     cost_usd, unknown = _total_cost(priced)
     if priced and snapshot.llm_calls:
-        records.append(_expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown))
+        records.append(
+            _expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown)
+        )
     for outcome in snapshot.outcomes:
         records.append(_outcome(snapshot, settings, ids, common, outcome, first_day))
     billed = None if cost_usd is None else float(_billed(cost_usd, settings))
     session_row = {
-        "session_key": record_id(snapshot, "session", ""), "session_id": snapshot.session_id,
-        "started_at": snapshot.started_at, "ended_at": snapshot.ended_at, "spent_date": first_day.isoformat(),
-        "project_id": ids["project_id"], "task_id": ids["task_id"], "agent_id": ids["agent_id"],
-        "agent_type": ids["agent_type"], "framework": common["framework"],
-        "active_seconds": snapshot.active_seconds, "hours": sum(hours_by_day.values()),
-        "llm_calls": snapshot.llm_calls, "tool_calls": snapshot.tool_calls, "errors": snapshot.errors,
-        "input_tokens": total_in, "output_tokens": total_out,
-        "cost_usd": None if cost_usd is None else float(cost_usd), "billed_cost": billed,
-        "cost_unknown": int(unknown), "end_reason": snapshot.end_reason,
+        "session_key": record_id(snapshot, "session", ""),
+        "session_id": snapshot.session_id,
+        "started_at": snapshot.started_at,
+        "ended_at": snapshot.ended_at,
+        "spent_date": first_day.isoformat(),
+        "project_id": ids["project_id"],
+        "task_id": ids["task_id"],
+        "agent_id": ids["agent_id"],
+        "agent_type": ids["agent_type"],
+        "framework": common["framework"],
+        "active_seconds": snapshot.active_seconds,
+        "hours": sum(hours_by_day.values()),
+        "llm_calls": snapshot.llm_calls,
+        "tool_calls": snapshot.tool_calls,
+        "errors": snapshot.errors,
+        "input_tokens": total_in,
+        "output_tokens": total_out,
+        "cost_usd": None if cost_usd is None else float(cost_usd),
+        "billed_cost": billed,
+        "cost_unknown": int(unknown),
+        "end_reason": snapshot.end_reason,
     }
-    usage_rows = [{"session_key": session_row["session_key"], "model": p.usage.model,
-                   "provider": p.usage.provider or "", "input_tokens": p.usage.input_tokens,
-                   "output_tokens": p.usage.output_tokens, "cache_read_tokens": p.usage.cache_read_tokens,
-                   "cache_write_tokens": p.usage.cache_write_tokens, "reasoning_tokens": p.usage.reasoning_tokens,
-                   "llm_calls": p.usage.calls, "cost_usd": None if p.cost.usd is None else float(p.cost.usd)}
-                  for p in priced]
+    usage_rows = [
+        {
+            "session_key": session_row["session_key"],
+            "model": p.usage.model,
+            "provider": p.usage.provider or "",
+            "input_tokens": p.usage.input_tokens,
+            "output_tokens": p.usage.output_tokens,
+            "cache_read_tokens": p.usage.cache_read_tokens,
+            "cache_write_tokens": p.usage.cache_write_tokens,
+            "reasoning_tokens": p.usage.reasoning_tokens,
+            "llm_calls": p.usage.calls,
+            "cost_usd": None if p.cost.usd is None else float(p.cost.usd),
+        }
+        for p in priced
+    ]
     return Built(records, session_row, usage_rows)
 
 
@@ -184,21 +229,45 @@ def _billed(cost_usd: Decimal, settings: Settings) -> Decimal:
 
 def token_notes(priced: list[PricedUsage]) -> str:
     """'claude-sonnet-4-5: 12.5k input + 3.2k output tokens; gpt-4o: ...'"""
-    return "; ".join(f"{p.usage.model}: {md.fmt_tokens(p.usage.input_tokens)} input + "
-                     f"{md.fmt_tokens(p.usage.output_tokens)} output tokens" for p in priced)
+    return "; ".join(
+        f"{p.usage.model}: {md.fmt_tokens(p.usage.input_tokens)} input + "
+        f"{md.fmt_tokens(p.usage.output_tokens)} output tokens"
+        for p in priced
+    )
 
 
-def _expense(snapshot: SessionSnapshot, settings: Settings, ids: dict[str, Any], common: dict[str, Any],
-             user_meta: dict[str, Any], priced: list[PricedUsage], day: date, cost_usd: Decimal | None,
-             unknown: bool) -> Record:
+def _expense(
+    snapshot: SessionSnapshot,
+    settings: Settings,
+    ids: dict[str, Any],
+    common: dict[str, Any],
+    user_meta: dict[str, Any],
+    priced: list[PricedUsage],
+    day: date,
+    cost_usd: Decimal | None,
+    unknown: bool,
+) -> Record:
     rid = record_id(snapshot, "expense", "llm")
-    totals = {f: sum(getattr(p.usage, f) for p in priced) for f in
-              ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")}
+    totals = {
+        f: sum(getattr(p.usage, f) for p in priced)
+        for f in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+        )
+    }
     core: dict[str, Any] = {
-        **common, "model": priced[0].usage.model, "provider": priced[0].usage.provider, **totals,
+        **common,
+        "model": priced[0].usage.model,
+        "provider": priced[0].usage.provider,
+        **totals,
         "cost_usd": None if cost_usd is None else float(cost_usd.quantize(Decimal("0.00000001"))),
         "pricing": pricing_version() if not unknown else "unpriced",
-        "llm_calls": snapshot.llm_calls, "tool_calls": snapshot.tool_calls, "errors": snapshot.errors,
+        "llm_calls": snapshot.llm_calls,
+        "tool_calls": snapshot.tool_calls,
+        "errors": snapshot.errors,
         "duration_seconds": round(snapshot.active_seconds, 3),
     }
     if unknown:
@@ -222,32 +291,60 @@ def _expense(snapshot: SessionSnapshot, settings: Settings, ids: dict[str, Any],
     for key, values in snapshot.breakdown.items():
         for name, value in values.items():
             breakdown[f"{key}.{name}"] = value
-    payload: dict[str, Any] = {"project_id": ids["project_id"], "expense_category_id": ids["expense_category_id"],
-                               "spent_date": day.isoformat()}
+    payload: dict[str, Any] = {
+        "project_id": ids["project_id"],
+        "expense_category_id": ids["expense_category_id"],
+        "spent_date": day.isoformat(),
+    }
     if unknown or settings.expense_mode == "units" or cost_usd is None:
         thousands = Decimal(totals["input_tokens"] + totals["output_tokens"]) / 1000
         payload["units"] = max(1, int(thousands.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
     else:
         payload["total_cost"] = float(_billed(cost_usd, settings))
-    payload.update(notes=md.truncate(token_notes(priced)), billable=bool(ids["billable"]), source="agent",
-                   metadata=md.fit({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta, breakdown))
+    payload.update(
+        notes=md.truncate(token_notes(priced)),
+        billable=bool(ids["billable"]),
+        source="agent",
+        metadata=md.fit({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta, breakdown),
+    )
     return Record(rid, "expense", snapshot.session_id, day.isoformat(), ids["project_id"], payload)
 
 
-def _outcome(snapshot: SessionSnapshot, settings: Settings, ids: dict[str, Any], common: dict[str, Any],
-             outcome: Any, first_day: date) -> Record:
+def _outcome(
+    snapshot: SessionSnapshot,
+    settings: Settings,
+    ids: dict[str, Any],
+    common: dict[str, Any],
+    outcome: Any,
+    first_day: date,
+) -> Record:
     tz = settings.tzinfo()
-    day = datetime.fromtimestamp(outcome.logged_at, tz).astimezone(tz).date() if outcome.logged_at else first_day
+    day = (
+        datetime.fromtimestamp(outcome.logged_at, tz).astimezone(tz).date()
+        if outcome.logged_at
+        else first_day
+    )
     rid = record_id(snapshot, "outcome", str(outcome.seq))
-    core: dict[str, Any] = {**common, "outcome_type": outcome.outcome_type,
-                            "outcome_quantity": outcome.quantity, "outcome_success": outcome.success}
+    core: dict[str, Any] = {
+        **common,
+        "outcome_type": outcome.outcome_type,
+        "outcome_quantity": outcome.quantity,
+        "outcome_success": outcome.success,
+    }
     if outcome.unit_price is not None:
         core["outcome_unit_price"] = outcome.unit_price
     if outcome.evidence:
         core["outcome_evidence"] = md.dumps(dict(outcome.evidence))
-    payload = {"project_id": ids["project_id"], "task_id": ids["task_id"], "spent_date": day.isoformat(),
-               "hours": 0, "notes": md.truncate(outcome.description or outcome.outcome_type),
-               "billable": bool(ids["billable"]), "source": "agent",
-               "metadata": md.fit({"session_id": snapshot.session_id, "record_id": rid}, core,
-                                  dict(outcome.metadata))}
+    payload = {
+        "project_id": ids["project_id"],
+        "task_id": ids["task_id"],
+        "spent_date": day.isoformat(),
+        "hours": 0,
+        "notes": md.truncate(outcome.description or outcome.outcome_type),
+        "billable": bool(ids["billable"]),
+        "source": "agent",
+        "metadata": md.fit(
+            {"session_id": snapshot.session_id, "record_id": rid}, core, dict(outcome.metadata)
+        ),
+    }
     return Record(rid, "outcome", snapshot.session_id, day.isoformat(), ids["project_id"], payload)

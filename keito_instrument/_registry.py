@@ -51,8 +51,14 @@ class Registry:
         with self._lock:
             return list(self._open.values())
 
-    def resolve(self, session_id: str | None, options: SessionOptions, *, close: str = "runs",
-                join_current: bool = True) -> Session:
+    def resolve(
+        self,
+        session_id: str | None,
+        options: SessionOptions,
+        *,
+        close: str = "runs",
+        join_current: bool = True,
+    ) -> Session:
         """The session a new root run belongs to, created if needed."""
         if session_id is None and join_current:
             enclosing = current.get()
@@ -78,8 +84,14 @@ class Registry:
         self.maybe_sweep()
         return session
 
-    def begin_run(self, session_id: str | None, options: SessionOptions, *, close: str = "runs",
-                  join_current: bool = True) -> Run | None:
+    def begin_run(
+        self,
+        session_id: str | None,
+        options: SessionOptions,
+        *,
+        close: str = "runs",
+        join_current: bool = True,
+    ) -> Run | None:
         """Open a root run in the resolved session (retrying once if it ended meanwhile)."""
         for _ in range(2):
             run = self.resolve(session_id, options, close=close, join_current=join_current).begin_run()
@@ -151,8 +163,9 @@ class Registry:
             if self._sweeper is not None and self._sweeper.is_alive():
                 return
             ref = weakref.ref(self)
-            self._sweeper = threading.Thread(target=_sweep_loop, args=(ref, self._wake),
-                                             name="keito-instrument-sweeper", daemon=True)
+            self._sweeper = threading.Thread(
+                target=_sweep_loop, args=(ref, self._wake), name="keito-instrument-sweeper", daemon=True
+            )
             self._sweeper.start()
 
     def _after_fork_in_child(self) -> None:

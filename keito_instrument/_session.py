@@ -174,8 +174,9 @@ class Session:
         return now - min(runs) if runs else 0.0
 
     # -- usage ----------------------------------------------------------------------------------
-    def add_usage(self, usage: ModelUsage, call_id: str | None = None,
-                  breakdown: Mapping[str, str] | None = None) -> bool:
+    def add_usage(
+        self, usage: ModelUsage, call_id: str | None = None, breakdown: Mapping[str, str] | None = None
+    ) -> bool:
         """Add one model call; a repeated `call_id` is ignored. Returns False if not counted."""
         with self._lock:
             if self.ended:
@@ -208,18 +209,37 @@ class Session:
         slot["output_tokens"] += usage.output_tokens
         slot["llm_calls"] += 1
 
-    def record_llm_call(self, model: str, provider: str | None = None, *, input_tokens: int = 0,
-                        output_tokens: int = 0, cache_read_tokens: int = 0, cache_write_tokens: int = 0,
-                        reasoning_tokens: int = 0, cached: bool = False, usage_missing: bool = False,
-                        call_id: str | None = None, breakdown: Mapping[str, str] | None = None) -> bool:
+    def record_llm_call(
+        self,
+        model: str,
+        provider: str | None = None,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cached: bool = False,
+        usage_missing: bool = False,
+        call_id: str | None = None,
+        breakdown: Mapping[str, str] | None = None,
+    ) -> bool:
         """Count one model call in this session (token convention: see `keito_instrument.record_llm_call`).
 
         Returns True if it was counted (False for a repeated `call_id` or an ended session).
         """
         with guard("record_llm_call"):
-            usage = normalised_call(model, provider, input_tokens=input_tokens, output_tokens=output_tokens,
-                                    cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
-                                    reasoning_tokens=reasoning_tokens, cached=cached, usage_missing=usage_missing)
+            usage = normalised_call(
+                model,
+                provider,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cache_read_tokens=cache_read_tokens,
+                cache_write_tokens=cache_write_tokens,
+                reasoning_tokens=reasoning_tokens,
+                cached=cached,
+                usage_missing=usage_missing,
+            )
             return self.add_usage(usage, call_id, breakdown)
         return False
 
@@ -241,8 +261,11 @@ class Session:
     def add_outcome(self, outcome_type: str, **fields: Any) -> None:
         """Attach an outcome (billed at session end as an hours-0 time entry)."""
         with self._lock:
-            self._outcomes.append(Outcome(outcome_type=outcome_type, seq=len(self._outcomes) + 1,
-                                          logged_at=time.time(), **fields))
+            self._outcomes.append(
+                Outcome(
+                    outcome_type=outcome_type, seq=len(self._outcomes) + 1, logged_at=time.time(), **fields
+                )
+            )
 
     def usage(self) -> list[ModelUsage]:
         """A copy of the per-model usage so far."""
@@ -267,11 +290,18 @@ class Session:
             self._open_runs.clear()
             intervals = tuple((self.wall(s), self.wall(e)) for s, e in self._intervals)
             return SessionSnapshot(
-                session_id=self.session_id, options=self.options, opened_at=self._wall0,
+                session_id=self.session_id,
+                options=self.options,
+                opened_at=self._wall0,
                 started_at=intervals[0][0] if intervals else self.wall(self._mono0),
-                ended_at=self.wall(now), intervals=intervals, usage=tuple(self._usage.values()),
-                llm_calls=self.llm_calls, tool_calls=self.tool_calls, errors=self.errors,
+                ended_at=self.wall(now),
+                intervals=intervals,
+                usage=tuple(self._usage.values()),
+                llm_calls=self.llm_calls,
+                tool_calls=self.tool_calls,
+                errors=self.errors,
                 outcomes=tuple(self._outcomes),
                 breakdown={k: dict(v) for k, v in self._breakdown.items()},
-                end_reason=reason, had_runs=self.had_runs,
+                end_reason=reason,
+                had_runs=self.had_runs,
             )

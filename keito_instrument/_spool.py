@@ -124,16 +124,33 @@ class Spool:
             conn.executemany(
                 "INSERT OR IGNORE INTO records (record_id, kind, session_id, spent_date, project_id, path,"
                 " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(r.record_id, r.kind, r.session_id, r.spent_date, r.project_id, r.path,
-                  json.dumps(r.payload, separators=(",", ":")), state, now, now) for r in built.records],
+                [
+                    (
+                        r.record_id,
+                        r.kind,
+                        r.session_id,
+                        r.spent_date,
+                        r.project_id,
+                        r.path,
+                        json.dumps(r.payload, separators=(",", ":")),
+                        state,
+                        now,
+                        now,
+                    )
+                    for r in built.records
+                ],
             )
             row = built.session_row
-            conn.execute(f"INSERT OR IGNORE INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                         tuple(row.values()))
+            conn.execute(
+                f"INSERT OR IGNORE INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
             if built.usage_rows:
                 cols = list(built.usage_rows[0])
-                conn.executemany(f"INSERT OR IGNORE INTO usage ({', '.join(cols)}) VALUES "
-                                 f"({', '.join('?' * len(cols))})", [tuple(u[c] for c in cols) for u in built.usage_rows])
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO usage ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [tuple(u[c] for c in cols) for u in built.usage_rows],
+                )
 
     def counts(self) -> dict[str, int]:
         """Records per state (every state present, zero included)."""
@@ -144,13 +161,17 @@ class Spool:
 
     def last_errors(self, limit: int = 10) -> list[sqlite3.Row]:
         """The most recent records that carry an error (dead letters and retrying ones)."""
-        return list(self.connect().execute(
-            "SELECT record_id, kind, session_id, spent_date, state, attempts, last_error, updated_at FROM records"
-            " WHERE last_error IS NOT NULL AND state != 'delivered' ORDER BY updated_at DESC LIMIT ?", (limit,)))
+        return list(
+            self.connect().execute(
+                "SELECT record_id, kind, session_id, spent_date, state, attempts, last_error, updated_at"
+                " FROM records WHERE last_error IS NOT NULL AND state != 'delivered' ORDER BY updated_at DESC LIMIT ?",
+                (limit,),
+            )
+        )
 
     def records(self, session_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         """Records with their payloads decoded (for tests, `status` and users' own checks)."""
-        sql, args = "SELECT * FROM records WHERE 1=1", []
+        sql, args = "SELECT * FROM records WHERE 1=1", list[str]()
         if session_id is not None:
             sql, args = sql + " AND session_id = ?", [*args, session_id]
         if state is not None:
@@ -160,22 +181,26 @@ class Spool:
 
     def sessions(self, since: float | None = None) -> list[dict[str, Any]]:
         """Ledger rows of ended sessions, oldest first."""
-        rows = self.connect().execute("SELECT * FROM sessions WHERE started_at >= ? ORDER BY started_at",
-                                      (since or 0.0,))
+        rows = self.connect().execute(
+            "SELECT * FROM sessions WHERE started_at >= ? ORDER BY started_at", (since or 0.0,)
+        )
         return [dict(r) for r in rows]
 
     def usage(self, since: float | None = None) -> list[dict[str, Any]]:
         """Per-model usage rows joined with their session's day, project and agent."""
         rows = self.connect().execute(
             "SELECT u.*, s.spent_date, s.project_id, s.agent_id, s.session_id FROM usage u"
-            " JOIN sessions s ON s.session_key = u.session_key WHERE s.started_at >= ?", (since or 0.0,))
+            " JOIN sessions s ON s.session_key = u.session_key WHERE s.started_at >= ?",
+            (since or 0.0,),
+        )
         return [dict(r) for r in rows]
 
     def release_local(self) -> int:
         """Turn `local` records into `pending` (credentials now exist). Returns how many."""
         with self.transaction() as conn:
-            return conn.execute("UPDATE records SET state='pending', updated_at=? WHERE state='local'",
-                                (time.time(),)).rowcount
+            return conn.execute(
+                "UPDATE records SET state='pending', updated_at=? WHERE state='local'", (time.time(),)
+            ).rowcount
 
     def close(self) -> None:
         """Close this thread's connection."""

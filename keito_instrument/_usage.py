@@ -13,7 +13,13 @@ from dataclasses import dataclass
 _log = logging.getLogger("keito_instrument")
 _warned: set[str] = set()
 
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 @dataclass(slots=True)
@@ -53,7 +59,7 @@ def _count(name: str, value: object) -> int:
         return 0
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer token count, got {value!r}")
-    number = int(value)  # type: ignore[call-overload]
+    number: int = int(value)  # type: ignore[call-overload]
     if number < 0:
         _warn_once(f"negative:{name}", f"keito-instrument: negative {name} ({number}) counted as 0")
         return 0
@@ -96,16 +102,27 @@ def normalised_call(
     )
     cache_parts = usage.cache_read_tokens + usage.cache_write_tokens
     if usage.input_tokens < cache_parts:
-        _warn_once("exclusive-input", "keito-instrument: input_tokens smaller than its cache parts; "
-                   "treating it as the uncached count and adding cache tokens back (input includes cache)")
+        _warn_once(
+            "exclusive-input",
+            "keito-instrument: input_tokens smaller than its cache parts; "
+            "treating it as the uncached count and adding cache tokens back (input includes cache)",
+        )
         usage.input_tokens += cache_parts
     if usage.output_tokens < usage.reasoning_tokens:
-        _warn_once("exclusive-output", "keito-instrument: output_tokens smaller than reasoning_tokens; "
-                   "adding reasoning back (output includes reasoning)")
+        _warn_once(
+            "exclusive-output",
+            "keito-instrument: output_tokens smaller than reasoning_tokens; "
+            "adding reasoning back (output includes reasoning)",
+        )
         usage.output_tokens += usage.reasoning_tokens
     if cached:
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                     "reasoning_tokens"):
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+        ):
             setattr(usage, name, 0)
         usage.cached_calls = 1
     if usage_missing:

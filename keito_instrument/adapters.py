@@ -16,5 +16,15 @@ from ._guard import guard, guarded
 from ._session import Run, Session
 from .integrations import missing_extra
 
-__all__ = ["Run", "Session", "begin_run", "current_session", "end_run", "end_session", "get_session",
-           "guard", "guarded", "missing_extra"]
+__all__ = [
+    "Run",
+    "Session",
+    "begin_run",
+    "current_session",
+    "end_run",
+    "end_session",
+    "get_session",
+    "guard",
+    "guarded",
+    "missing_extra",
+]
