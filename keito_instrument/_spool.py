@@ -164,7 +164,8 @@ class Spool:
         return list(
             self.connect().execute(
                 "SELECT record_id, kind, session_id, spent_date, state, attempts, last_error, updated_at"
-                " FROM records WHERE last_error IS NOT NULL AND state != 'delivered' ORDER BY updated_at DESC LIMIT ?",
+                " FROM records WHERE last_error IS NOT NULL AND state != 'delivered'"
+                " ORDER BY updated_at DESC LIMIT ?",
                 (limit,),
             )
         )
