@@ -1,0 +1,108 @@
+"""`keito-instrument demo`: an offline demo agent into the local ledger, then the report.
+
+The agent is a support bot handling a few tickets: each ticket is one `@track_agent` session
+with LLM calls (deterministic fake usage, nothing leaves the machine), a tool call and an
+outcome. With `--server` the records are also delivered to a Keito-compatible test server on
+127.0.0.1, to show delivery end to end without a Keito account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import keito_instrument as keito
+
+from ._report import run as run_report
+
+TICKETS = (
+    ("T-1001", "Refund for a duplicate charge on invoice 4411"),
+    ("T-1002", "Password reset link expired twice"),
+    ("T-1003", "Export to CSV drops the last column when it is empty"),
+)
+# (model, provider, input, cache_read, output, reasoning) per step; deterministic, so the demo's
+# costs are reproducible from the installed genai-prices version.
+STEPS = (
+    ("gpt-4o-mini", "openai", 1800, 0, 220, 0),
+    ("claude-sonnet-4-5", "anthropic", 5200, 3000, 640, 0),
+    ("gpt-4o-mini", "openai", 900, 512, 120, 0),
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `demo`."""
+    parser = subparsers.add_parser("demo", help="run an offline demo agent into the local ledger, then report")
+    parser.add_argument("--tickets", type=int, default=len(TICKETS), help="how many tickets (sessions) to handle")
+    parser.add_argument("--step-seconds", type=float, default=0.2, help="simulated thinking time per LLM call")
+    parser.add_argument("--server", action="store_true",
+                        help="also deliver to a Keito-compatible test server on 127.0.0.1")
+    parser.set_defaults(func=run)
+
+
+def run_agent(tickets: int, step_seconds: float) -> list[str]:
+    """Handle `tickets` tickets, one session each; returns the session ids."""
+    sessions: list[str] = []
+
+    @keito.track_agent(agent_id="demo-support-bot", agent_type="demo", metadata={"demo": True})
+    def handle(ticket_id: str, text: str) -> str:
+        current = keito.current_session()
+        for index, (model, provider, prompt, cached, output, reasoning) in enumerate(STEPS):
+            time.sleep(step_seconds)  # the model "thinks"
+            size = len(text) * 7
+            keito.record_llm_call(model, provider, input_tokens=prompt + size, cache_read_tokens=cached,
+                                  output_tokens=output + index * 10, reasoning_tokens=reasoning)
+            if index == 0 and current is not None:
+                current.record_tool_call()  # looked the customer up
+        keito.log_outcome("ticket_resolved", quantity=1, unit_price=0.99, evidence={"ticket_id": ticket_id})
+        if current is not None:
+            sessions.append(current.session_id)
+        return f"{ticket_id}: resolved"
+
+    for n in range(tickets):
+        ticket_id, text = TICKETS[n % len(TICKETS)]
+        print(f"  {handle(f'{ticket_id}-{n}' if n >= len(TICKETS) else ticket_id, text)}", file=sys.stderr)
+    return sessions
+
+
+def _defaults() -> dict[str, str]:
+    settings = keito.get_settings()
+    return {name: getattr(settings, name) or f"demo-{name.replace('_id', '').replace('_', '-')}"
+            for name in ("project_id", "task_id", "expense_category_id")}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo agent and print the report."""
+    if args.tickets < 1 or args.step_seconds < 0:
+        print("keito-instrument demo: error: --tickets must be >= 1 and --step-seconds >= 0", file=sys.stderr)
+        return 2
+    if args.server:
+        return _run_with_server(args)
+    keito.configure(**_defaults())
+    print(f"demo agent: handling {args.tickets} tickets (offline, into the local ledger)", file=sys.stderr)
+    run_agent(args.tickets, args.step_seconds)
+    keito.flush(timeout=5.0)
+    print(file=sys.stderr)
+    return _report()
+
+
+def _report() -> int:
+    code = run_report(argparse.Namespace(by="day", format="table", since=None))
+    print()
+    return code or run_report(argparse.Namespace(by="model", format="table", since=None))
+
+
+def _run_with_server(args: argparse.Namespace) -> int:
+    from ..testing import KeitoTestServer
+
+    with KeitoTestServer() as server:
+        keito.configure(api_key=server.api_key, account_id=server.account_id, base_url=server.url, **_defaults())
+        print(f"demo agent: handling {args.tickets} tickets, delivering to {server.url}", file=sys.stderr)
+        run_agent(args.tickets, args.step_seconds)
+        delivered = keito.flush(timeout=30.0)
+        print(f"test server received {len(server.time_entries)} time entries and {len(server.expenses)} "
+              f"expenses ({'all delivered' if delivered else 'some still pending'})\n", file=sys.stderr)
+        code = _report()
+        keito.shutdown(timeout=5.0)
+    return code if delivered else 1
