@@ -11,10 +11,11 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], footer_ro
 
     Columns whose index is in `left` are left-aligned (text); the others right-aligned (numbers).
     """
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        pairs = enumerate(zip(cells, widths, strict=True))
+        parts = [str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in pairs]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
