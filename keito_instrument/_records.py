@@ -166,7 +166,7 @@ def build(snapshot: SessionSnapshot, settings: Settings) -> Built:
             _expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown)
         )
     for outcome in snapshot.outcomes:
-        records.append(_outcome(snapshot, settings, ids, common, outcome, first_day))
+        records.append(_outcome(snapshot, settings, ids, common, user_meta, outcome, first_day))
     billed = None if cost_usd is None else float(_billed(cost_usd, settings))
     session_row = {
         "session_key": record_id(snapshot, "session", ""),
@@ -315,6 +315,7 @@ def _outcome(
     settings: Settings,
     ids: dict[str, Any],
     common: dict[str, Any],
+    user_meta: dict[str, Any],
     outcome: Any,
     first_day: date,
 ) -> Record:
@@ -344,7 +345,7 @@ def _outcome(
         "billable": bool(ids["billable"]),
         "source": "agent",
         "metadata": md.fit(
-            {"session_id": snapshot.session_id, "record_id": rid}, core, dict(outcome.metadata)
+            {"session_id": snapshot.session_id, "record_id": rid}, core, dict(outcome.metadata), user_meta
         ),
     }
     return Record(rid, "outcome", snapshot.session_id, day.isoformat(), ids["project_id"], payload)

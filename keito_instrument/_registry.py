@@ -161,6 +161,7 @@ class Registry:
     def _ensure_sweeper(self) -> None:
         with self._lock:
             if self._sweeper is not None and self._sweeper.is_alive():
+                self._wake.set()  # re-read the idle timeout now
                 return
             ref = weakref.ref(self)
             self._sweeper = threading.Thread(
@@ -183,7 +184,9 @@ def _sweep_loop(ref: weakref.ReferenceType[Registry], wake: threading.Event) -> 
         registry = ref()
         if registry is None:
             return
-        interval = max(0.05, min(30.0, get_settings().idle_timeout / 4))
+        # At most a second between sweeps, so a shorter idle_timeout configured later is honoured
+        # promptly; a sweep is one pass over the open sessions.
+        interval = max(0.05, min(1.0, get_settings().idle_timeout / 4))
         with guard("idle sweep"):
             registry.sweep()
             with registry._lock:  # the same lock _ensure_sweeper holds: no idle session is orphaned
@@ -191,8 +194,8 @@ def _sweep_loop(ref: weakref.ReferenceType[Registry], wake: threading.Event) -> 
                     registry._sweeper = None
                     return
         del registry
-        if wake.wait(interval):
-            return
+        wake.wait(interval)
+        wake.clear()
 
 
 def _register_fork_hook(registry: Registry) -> None:

@@ -1,0 +1,102 @@
+"""The CLI: report, status, demo; bad arguments give a usage error, never a traceback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import keito_instrument as keito
+from keito_instrument.cli import main
+from keito_instrument.cli._report import since_arg
+
+
+def make_sessions() -> None:
+    keito.configure(project_id="p1")
+
+    @keito.track_agent(agent_id="alpha")
+    def alpha() -> None:
+        keito.record_llm_call("gpt-4o", "openai", input_tokens=1000, output_tokens=100)
+        keito.record_llm_call("claude-sonnet-4-5", "anthropic", input_tokens=2000, output_tokens=200)
+
+    @keito.track_agent(agent_id="beta", project_id="p2")
+    def beta() -> None:
+        keito.record_llm_call("gpt-4o", "openai", input_tokens=500, output_tokens=50)
+
+    alpha()
+    alpha()
+    beta()
+
+
+def test_report_json_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    make_sessions()
+    assert main(["report", "--format", "json", "--by", "agent"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    by_agent = {row["group"]: row for row in data["rows"]}
+    assert by_agent["alpha"]["sessions"] == 2 and by_agent["alpha"]["input_tokens"] == 6000
+    assert by_agent["beta"]["llm_calls"] == 1
+    assert data["total"]["sessions"] == 3 and data["total"]["output_tokens"] == 650
+
+
+def test_report_by_model_counts_each_session_once_in_the_total(capsys: pytest.CaptureFixture[str]) -> None:
+    make_sessions()
+    assert main(["report", "--format", "json", "--by", "model"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {r["group"]: r["sessions"] for r in data["rows"]} == {"claude-sonnet-4-5": 2, "gpt-4o": 3}
+    assert data["total"]["sessions"] == 3
+    assert data["total"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in data["rows"]))
+
+
+def test_report_csv_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    make_sessions()
+    assert main(["report", "--format", "csv", "--by", "project"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["group"], r["sessions"]) for r in rows] == [("p1", "2"), ("p2", "1")]
+    assert main(["report"]) == 0
+    table = capsys.readouterr().out
+    assert "TOTAL" in table and "sessions" in table
+
+
+def test_report_since_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    make_sessions()
+    assert main(["report", "--format", "json", "--since", "2999-01-01"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == []
+    assert since_arg("7d") < since_arg("1d")
+
+
+def test_status_counts_by_state(capsys: pytest.CaptureFixture[str]) -> None:
+    make_sessions()
+    assert main(["status", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"]["local"] == 6 and data["credentials"] is False
+
+
+@pytest.mark.parametrize("argv", [["report", "--since", "yesterday-ish"], ["report", "--by", "colour"],
+                                  ["nonsense"], ["status", "--errors", "x"]])
+def test_bad_arguments_are_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+
+
+def test_demo_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--tickets", "0"]) == 2
+    assert "--tickets" in capsys.readouterr().err
+
+
+def test_console_script_demo_runs_offline(tmp_path: Path) -> None:
+    env = {"KEITO_LEDGER": str(tmp_path / "demo.sqlite3"), "PATH": str(Path(sys.executable).parent)}
+    result = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "demo", "--step-seconds", "0"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "TOTAL" in result.stdout and "claude-sonnet-4-5" in result.stdout
+    status = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "status", "--format", "json"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(status.stdout)["counts"]["local"] == 9  # 3 sessions x (entry + expense + outcome)

@@ -1,0 +1,80 @@
+"""Never into the host: internal errors are logged once per kind and swallowed; the user's are not."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+import keito_instrument as keito
+from keito_instrument import _guard, _pipeline, _records
+from keito_instrument._spool import Spool
+
+
+@pytest.mark.guard_errors_expected
+def test_guard_swallows_exceptions_but_not_base_exceptions() -> None:
+    seen: list[str] = []
+    _guard.add_swallow_listener(lambda kind, exc: seen.append(kind))
+    try:
+        with _guard.guard("unit"):
+            raise ValueError("ours")
+        with pytest.raises(KeyboardInterrupt), _guard.guard("unit"):
+            raise KeyboardInterrupt
+    finally:
+        _guard._listeners.pop()
+    assert seen == ["unit"]
+
+
+@pytest.mark.guard_errors_expected
+def test_an_internal_failure_at_session_end_never_reaches_the_host(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        _guard_failures: list[tuple[str, BaseException]]) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("records exploded")
+
+    monkeypatch.setattr(_records, "build", broken)
+    monkeypatch.setattr(_pipeline, "build", broken)
+
+    @keito.track_agent
+    def work(x: int) -> int:
+        keito.record_llm_call("gpt-4o", input_tokens=1, output_tokens=1)
+        return x + 1
+
+    async def awork() -> int:
+        async with keito.session():
+            return 5
+
+    with caplog.at_level(logging.DEBUG, logger="keito_instrument"):
+        assert [work(i) for i in range(3)] == [1, 2, 3]
+        assert asyncio.run(awork()) == 5
+    assert [kind for kind, _ in _guard_failures] == ["session end"] * 4
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "session end" in errors[0].getMessage()  # logged once per kind
+
+
+@pytest.mark.guard_errors_expected
+def test_a_broken_spool_keeps_the_host_running(ledger: Spool, monkeypatch: pytest.MonkeyPatch,
+                                               _guard_failures: list[tuple[str, BaseException]]) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(ledger), "append", full)
+    with keito.session():
+        keito.record_llm_call("gpt-4o", input_tokens=1, output_tokens=1)
+    assert [kind for kind, _ in _guard_failures] == ["session end"]
+
+
+def test_bad_token_values_do_not_raise_into_the_host(ledger: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    with keito.session():
+        assert keito.record_llm_call("gpt-4o", input_tokens=-5, output_tokens=3) is True
+    assert ledger.sessions()[0]["input_tokens"] == 0
+    assert "negative input_tokens" in caplog.text
+
+
+@pytest.mark.guard_errors_expected
+def test_wrongly_typed_tokens_are_reported_not_raised(ledger: Spool,
+                                                      _guard_failures: list[tuple[str, BaseException]]) -> None:
+    with keito.session():
+        assert keito.record_llm_call("gpt-4o", input_tokens="many", output_tokens=1) is False  # type: ignore[arg-type]
+    assert _guard_failures and _guard_failures[0][0] == "record_llm_call"
