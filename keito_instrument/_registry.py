@@ -94,7 +94,8 @@ class Registry:
     ) -> Run | None:
         """Open a root run in the resolved session (retrying once if it ended meanwhile)."""
         for _ in range(2):
-            run = self.resolve(session_id, options, close=close, join_current=join_current).begin_run()
+            session = self.resolve(session_id, options, close=close, join_current=join_current)
+            run = session.begin_run(get_settings().max_open_runs)
             if run is not None:
                 return run
         return None

@@ -118,12 +118,19 @@ class Session:
         self.ended = False
 
     # -- runs ---------------------------------------------------------------------------------
-    def begin_run(self) -> Run | None:
-        """Open a run; None if the session already ended."""
+    def begin_run(self, max_open: int = 10_000) -> Run | None:
+        """Open a run; None if the session already ended.
+
+        Beyond `max_open` open runs the oldest is closed now (its end evidently never arrives), so
+        a leaking caller cannot grow this table without bound.
+        """
         now = time.monotonic()
         with self._lock:
             if self.ended:
                 return None
+            while len(self._open_runs) >= max(1, max_open):
+                oldest = next(iter(self._open_runs))
+                self._add_interval(self._open_runs.pop(oldest), now)
             self._next_run += 1
             self._open_runs[self._next_run] = now
             self._last_activity = now

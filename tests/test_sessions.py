@@ -164,3 +164,13 @@ def test_threads_started_inside_a_session_join_it_with_copied_context(ledger: Sp
         with keito.session():
             body()
     assert [(r["llm_calls"], r["input_tokens"]) for r in ledger.sessions()] == [(1, 7)]
+
+
+def test_open_runs_per_session_are_capped(ledger: Spool) -> None:
+    keito.configure(max_open_runs=3)
+    runs = [keito.begin_run("busy", framework="test") for _ in range(5)]
+    session = keito.get_session("busy")
+    assert session is not None and session.open_runs == 3
+    for run in runs:
+        keito.end_run(run)
+    assert [r["session_id"] for r in ledger.sessions()] == ["busy"]
