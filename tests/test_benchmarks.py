@@ -1,0 +1,25 @@
+"""Each benchmark still runs (in its --quick form). No timing is asserted here: numbers are read
+by people from the full runs (docs/performance.md), never turned into flaky timed tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_runs_in_quick_mode(name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "KEITO_LEDGER": str(tmp_path / "bench.sqlite3"), "CREWAI_DISABLE_TELEMETRY": "true"}
+    for var in ("KEITO_API_KEY", "KEITO_ACCOUNT_ID"):
+        env.pop(var, None)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--quick"], capture_output=True,
+                            text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip(), "a benchmark prints its table"
