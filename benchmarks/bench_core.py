@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 os.environ.setdefault("KEITO_LEDGER", os.path.join(tempfile.mkdtemp(), "bench.sqlite3"))
 
-import keito_instrument as keito  # noqa: E402
+import keito_instrument as keito
 
 
 def per_call(fn: Callable[[], object], n: int) -> float:
