@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import Token
 from types import TracebackType
@@ -386,9 +387,11 @@ def flush(timeout: float = 10.0) -> bool:
     Returns True when nothing is left pending (with no credentials configured, records are kept
     in the local ledger and this returns True at once). Open sessions are not ended.
     """
+    deadline = time.monotonic() + max(0.0, timeout)
+    written = _pipeline.writer.drain(timeout)  # sessions waiting for a busy spool come first
     if not get_settings().has_credentials:
-        return True
-    return _export.flush(timeout)
+        return written
+    return _export.flush(max(0.0, deadline - time.monotonic())) and written
 
 
 @guarded("shutdown", default=False)

@@ -54,6 +54,7 @@ class Settings:
     max_open_sessions: int = 10_000
     max_open_runs: int = 10_000
     max_run_age: float = 86_400.0
+    max_session_age: float = 86_400.0
     capture_content: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
     batch_size: int = 100
@@ -211,6 +212,7 @@ def _validate(name: str, value: Any) -> Any:
         "cost_multiplier",
         "idle_timeout",
         "max_run_age",
+        "max_session_age",
         "flush_interval",
         "request_timeout",
         "atexit_timeout",
@@ -258,6 +260,7 @@ _lock = threading.Lock()
 _settings: Settings | None = None
 _overrides: dict[str, Any] = {}
 _listeners: list[Any] = []
+_warned_missing: set[str] = set()
 
 
 def get_settings() -> Settings:
@@ -275,8 +278,28 @@ def get_settings() -> Settings:
 def _install(settings: Settings) -> None:
     global _settings
     _settings = settings
+    if settings.has_credentials:
+        for name in ("project_id", "task_id", "expense_category_id"):
+            if getattr(settings, name) is None and name not in _warned_missing:
+                _warned_missing.add(name)
+                _log.warning(
+                    "keito-instrument: %s is not set (configure(%s=...) or %s); records are kept in the "
+                    "ledger until it is",
+                    name,
+                    name,
+                    _ENV[name],
+                )
     for listener in list(_listeners):
         listener(settings)
+
+
+def _reset_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def on_change(listener: Any) -> None:
@@ -301,16 +324,6 @@ def configure(**settings: Any) -> Settings:
         _install(Settings(**{**env, **_overrides}))
         assert _settings is not None
         result = _settings
-    if result.has_credentials:
-        for name in ("project_id", "task_id", "expense_category_id"):
-            if getattr(result, name) is None:
-                _log.warning(
-                    "keito-instrument: %s is not set (configure(%s=...) or %s); records are kept in the "
-                    "ledger until it is",
-                    name,
-                    name,
-                    _ENV[name],
-                )
     return result
 
 
@@ -319,4 +332,5 @@ def reset_settings() -> None:
     global _settings
     with _lock:
         _overrides.clear()
+        _warned_missing.clear()
         _settings = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -23,6 +24,15 @@ R = TypeVar("R")
 _seen_lock = threading.Lock()
 _seen: set[str] = set()
 _listeners: list[Callable[[str, BaseException], None]] = []
+
+
+def _reset_lock_in_child() -> None:
+    global _seen_lock
+    _seen_lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def report(kind: str, exc: BaseException) -> None:

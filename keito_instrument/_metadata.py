@@ -37,11 +37,17 @@ def fit(
     merged: dict[str, Any] = dict(required)
     for tier in tiers:
         for key, value in tier.items():
-            if key not in required and value is not None:
+            # The first tier to set a key wins: user metadata cannot overwrite a billing key.
+            if key not in merged and value is not None:
                 merged[key] = flat_value(value)
     if size(merged) <= limit:
         return merged
-    droppable = [key for tier in tiers for key in tier if key not in required and key in merged]
+    owner: dict[str, int] = {}
+    for index, tier in enumerate(tiers):
+        for key in tier:
+            owner.setdefault(key, index)
+    droppable = [key for index, tier in enumerate(tiers) for key in tier
+                 if key not in required and key in merged and owner[key] == index]
     merged["metadata_truncated"] = True
     while droppable and size(merged) > limit:
         merged.pop(droppable.pop(), None)

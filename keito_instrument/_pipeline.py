@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 
 from . import _export
@@ -14,8 +17,12 @@ from ._records import Built, build
 from ._registry import Registry, make_registry
 from ._session import SessionSnapshot
 from ._spool import get_spool
+from ._writer import Writer
 
 _log = logging.getLogger("keito_instrument")
+HOST_BUSY_TIMEOUT = 0.05  # seconds the ending thread may wait for the spool lock
+writer = Writer()
+_warmed = False
 _listeners: list[Callable[[Built], None]] = []
 _listeners_lock = threading.Lock()
 
@@ -28,7 +35,11 @@ def on_session_end(snapshot: SessionSnapshot) -> None:
     built = build(snapshot, settings)
     state = "pending" if settings.has_credentials else "local"
     if built.records or built.session_row["llm_calls"]:
-        get_spool(settings.ledger_path).append(built, state)
+        try:
+            get_spool(settings.ledger_path).append(built, state, busy_timeout=HOST_BUSY_TIMEOUT)
+        except sqlite3.OperationalError:
+            # Another writer holds the lock: never make the host wait for it.
+            writer.submit(settings.ledger_path, built, state)
     for listener in list(_listeners):
         with guard("record listener"):
             listener(built)
@@ -49,13 +60,43 @@ def remove_record_listener(listener: Callable[[Built], None]) -> None:
             _listeners.remove(listener)
 
 
-registry: Registry = make_registry(on_session_end)
+def warm_up() -> None:
+    """Once per process, load the price data and prepare the spool on a short-lived thread, so
+    the first session end does not pay for them on the host's thread."""
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+
+    def work() -> None:
+        with guard("warm-up"):
+            import genai_prices  # noqa: F401  (about 0.1 s, once)
+
+            get_spool(get_settings().ledger_path).connect()
+
+    threading.Thread(target=work, name="keito-instrument-warmup", daemon=True).start()
+
+
+registry: Registry = make_registry(on_session_end, on_open=warm_up)
+
+
+def _after_fork_in_child() -> None:
+    global _warmed
+    _warmed = False
+    writer.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shutdown(timeout: float) -> bool:
-    """End every open session, then drain the exporter within `timeout`."""
+    """End every open session, write what the fallback writer holds, then drain the exporter;
+    all within `timeout` seconds."""
+    deadline = time.monotonic() + max(0.0, timeout)
     registry.close_all("shutdown")
-    return _export.shutdown(timeout)
+    written = writer.drain(max(0.0, deadline - time.monotonic()))
+    return _export.shutdown(max(0.0, deadline - time.monotonic())) and written
 
 
 @atexit.register

@@ -92,6 +92,9 @@ def price(
     timestamp: float | None = None,
 ) -> Cost:
     """Price one model's usage. Never raises for an unknown model: it returns `Cost(None, ...)`."""
+    if usage.usage_missing:
+        # Some calls reported no usage: whatever we compute would be too low, so it is unknown.
+        return Cost(None, "usage missing")
     if usage.input_tokens == 0 and usage.output_tokens == 0:
         return Cost(Decimal(0), "no tokens")
     model = usage.model

@@ -64,17 +64,30 @@ def record_id(snapshot: SessionSnapshot, kind: str, key: str) -> str:
     return str(uuid.uuid5(_NS, f"{snapshot.session_id}|{snapshot.opened_at:.6f}|{kind}|{key}"))
 
 
+def _start_of_next_day(day: date, tz: tzinfo | None, after: float) -> float | None:
+    """The instant the calendar day after `day` begins in `tz` (None: local time).
+
+    Where a DST change skips midnight itself (Chile, Paraguay, Cuba, Lebanon), the day begins at
+    the first wall-clock time that exists, so we step forward an hour at a time.
+    """
+    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time())
+    for hours in range(4):
+        candidate = midnight + timedelta(hours=hours)
+        instant = (candidate.replace(tzinfo=tz) if tz else candidate.astimezone()).timestamp()
+        if instant > after:
+            return instant
+    return None
+
+
 def split_by_day(intervals: tuple[tuple[float, float], ...], tz: tzinfo | None) -> dict[date, float]:
     """Seconds of the intervals falling on each calendar day of `tz` (None: local time)."""
     days: dict[date, float] = {}
     for start, end in intervals:
         cursor = start
         while cursor < end:
-            local = datetime.fromtimestamp(cursor, tz).astimezone(tz)
-            day = local.date()
-            midnight = datetime.combine(day + timedelta(days=1), datetime.min.time())
-            next_day = (midnight.replace(tzinfo=tz) if tz else midnight.astimezone()).timestamp()
-            stop = min(end, next_day) if next_day > cursor else end
+            day = datetime.fromtimestamp(cursor, tz).astimezone(tz).date()
+            next_day = _start_of_next_day(day, tz, cursor)
+            stop = end if next_day is None else min(end, next_day)
             days[day] = days.get(day, 0.0) + (stop - cursor)
             cursor = stop
     return days

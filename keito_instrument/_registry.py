@@ -33,8 +33,10 @@ def new_session_id() -> str:
 class Registry:
     """The process-wide table of open sessions. Every method is thread-safe and O(1) amortised."""
 
-    def __init__(self, on_end: Callable[[SessionSnapshot], None]) -> None:
+    def __init__(self, on_end: Callable[[SessionSnapshot], None],
+                 on_open: Callable[[], None] | None = None) -> None:
         self._on_end = on_end
+        self._on_open = on_open
         self._lock = threading.Lock()
         self._open: OrderedDict[str, Session] = OrderedDict()
         self._last_sweep = 0.0
@@ -44,7 +46,7 @@ class Registry:
     # -- lookup and opening ---------------------------------------------------------------------
     def get(self, session_id: str) -> Session | None:
         """The open session with this id, if any."""
-        return self._open.get(session_id)
+        return self._open.get(str(session_id)[:MAX_SESSION_ID])
 
     def open_sessions(self) -> list[Session]:
         """A copy of the list of open sessions, oldest first."""
@@ -79,6 +81,9 @@ class Registry:
                 evicted.append(self._open.popitem(last=False)[1])
         for old in evicted:
             self.finish(old, "evicted")
+        if self._on_open is not None:
+            with guard("session open"):
+                self._on_open()
         if close == "idle":
             self._ensure_sweeper()
         self.maybe_sweep()
@@ -102,19 +107,25 @@ class Registry:
 
     def end_run(self, run: Run) -> None:
         """Close a run; the session ends if that was its last run and it closes with its runs."""
-        if run.session.end_run(run):
-            self.end(run.session, "completed")
+        snapshot = run.session.end_run(run)
+        if snapshot is not None:
+            self._forget(run.session)
+            with guard("session end"):
+                self._on_end(snapshot)
+
+    def _forget(self, session: Session) -> None:
+        with self._lock:
+            if self._open.get(session.session_id) is session:  # a newer session may reuse the id
+                del self._open[session.session_id]
 
     def end(self, session: Session, reason: str) -> None:
         """End a session now (its open runs are closed at the last activity seen)."""
-        with self._lock:
-            if self._open.get(session.session_id) is session:
-                del self._open[session.session_id]
+        self._forget(session)
         self.finish(session, reason)
 
     def end_session(self, session_id: str, reason: str = "explicit") -> bool:
         """End the open session with this id; False if none is open."""
-        session = self._open.get(session_id)
+        session = self.get(session_id)
         if session is None:
             return False
         self.end(session, reason)
@@ -151,6 +162,10 @@ class Registry:
             timeout = session.options.idle_timeout or settings.idle_timeout
             if session.oldest_run_age(now) > settings.max_run_age:
                 due.append((session, "run_age_exceeded"))
+            elif not session.open_runs and session.age(now) > settings.max_session_age:
+                # A session kept alive by steady activity still reaches the ledger (and the bill)
+                # at least this often; the next activity with the same id opens a new one.
+                due.append((session, "max_session_age"))
             elif session.close == "idle" and session.idle_for(now) > timeout:
                 due.append((session, "idle_timeout"))
             elif session.close == "runs" and not session.open_runs and session.idle_for(now) > timeout:
@@ -173,7 +188,7 @@ class Registry:
     def _after_fork_in_child(self) -> None:
         # The parent owns (and will bill) every session open at fork time; the child must not.
         for session in self._open.values():
-            session.ended = True
+            session._after_fork_in_child()
         self._lock = threading.Lock()
         self._open = OrderedDict()
         self._sweeper = None
@@ -211,8 +226,9 @@ def _register_fork_hook(registry: Registry) -> None:
         os.register_at_fork(after_in_child=child)
 
 
-def make_registry(on_end: Callable[[SessionSnapshot], None]) -> Registry:
+def make_registry(on_end: Callable[[SessionSnapshot], None],
+                  on_open: Callable[[], None] | None = None) -> Registry:
     """Create a registry and hook it to fork."""
-    registry = Registry(on_end)
+    registry = Registry(on_end, on_open)
     _register_fork_hook(registry)
     return registry

@@ -137,17 +137,21 @@ class Session:
             self.had_runs = True
             return Run(self, self._next_run, now)
 
-    def end_run(self, run: Run) -> bool:
-        """Close a run; returns True when the session should now end (no run left, close="runs")."""
+    def end_run(self, run: Run) -> SessionSnapshot | None:
+        """Close a run. If it was the last run of a session that closes with its runs, the session
+        ends in the same locked step (so no other thread can join it in between) and its snapshot
+        is returned; otherwise None."""
         now = time.monotonic()
         with self._lock:
             if run._ended or self.ended:
-                return False
+                return None
             run._ended = True
             start = self._open_runs.pop(run.run_id, run.start)
             self._add_interval(start, now)
             self._last_activity = now
-            return self.close == "runs" and not self._open_runs
+            if self.close == "runs" and not self._open_runs:
+                return self._finish_locked("completed", now)
+            return None
 
     def _add_interval(self, start: float, end: float) -> None:
         # Keep the list sorted and merged: most runs end after the previous one, so this is O(1)
@@ -288,27 +292,40 @@ class Session:
         """End the session once; returns its snapshot, or None if it had already ended."""
         now = time.monotonic() if at is None else at
         with self._lock:
-            if self.ended:
-                return None
-            self.ended = True
-            for start in self._open_runs.values():
-                # A run that never reported its end is billed up to the last activity we saw.
-                self._add_interval(start, min(now, max(self._last_activity, start)))
-            self._open_runs.clear()
-            intervals = tuple((self.wall(s), self.wall(e)) for s, e in self._intervals)
-            return SessionSnapshot(
-                session_id=self.session_id,
-                options=self.options,
-                opened_at=self._wall0,
-                started_at=intervals[0][0] if intervals else self.wall(self._mono0),
-                ended_at=self.wall(now),
-                intervals=intervals,
-                usage=tuple(self._usage.values()),
-                llm_calls=self.llm_calls,
-                tool_calls=self.tool_calls,
-                errors=self.errors,
-                outcomes=tuple(self._outcomes),
-                breakdown={k: dict(v) for k, v in self._breakdown.items()},
-                end_reason=reason,
-                had_runs=self.had_runs,
-            )
+            return self._finish_locked(reason, now)
+
+    def age(self, now: float) -> float:
+        """Seconds since the session opened."""
+        return now - self._mono0
+
+    def _finish_locked(self, reason: str, now: float) -> SessionSnapshot | None:
+        if self.ended:
+            return None
+        self.ended = True
+        for start in self._open_runs.values():
+            # A run that never reported its end is billed up to the last activity we saw.
+            self._add_interval(start, min(now, max(self._last_activity, start)))
+        self._open_runs.clear()
+        intervals = tuple((self.wall(s), self.wall(e)) for s, e in self._intervals)
+        return SessionSnapshot(
+            session_id=self.session_id,
+            options=self.options,
+            opened_at=self._wall0,
+            started_at=intervals[0][0] if intervals else self.wall(self._mono0),
+            ended_at=self.wall(now),
+            intervals=intervals,
+            usage=tuple(self._usage.values()),
+            llm_calls=self.llm_calls,
+            tool_calls=self.tool_calls,
+            errors=self.errors,
+            outcomes=tuple(self._outcomes),
+            breakdown={k: dict(v) for k, v in self._breakdown.items()},
+            end_reason=reason,
+            had_runs=self.had_runs,
+        )
+
+    def _after_fork_in_child(self) -> None:
+        # The parent bills this session; a lock held by a parent thread at fork time would never
+        # be released here, so the child gets a fresh one.
+        self._lock = threading.Lock()
+        self.ended = True

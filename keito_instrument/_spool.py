@@ -117,10 +117,24 @@ class Spool:
             raise
         conn.execute("COMMIT")
 
-    def append(self, built: Built, state: str) -> None:
-        """Store an ended session durably. Appending the same session twice changes nothing."""
+    def append(self, built: Built, state: str, busy_timeout: float | None = None) -> None:
+        """Store an ended session durably. Appending the same session twice changes nothing.
+
+        `busy_timeout` (seconds) bounds the wait for another writer's lock; past it
+        `sqlite3.OperationalError` is raised and nothing is written.
+        """
         now = time.time()
-        with self.transaction() as conn:
+        conn = self.connect()
+        if busy_timeout is not None:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        try:
+            self._append(conn, built, state, now)
+        finally:
+            if busy_timeout is not None:
+                conn.execute("PRAGMA busy_timeout=30000")
+
+    def _append(self, conn: sqlite3.Connection, built: Built, state: str, now: float) -> None:
+        with self.transaction():
             conn.executemany(
                 "INSERT OR IGNORE INTO records (record_id, kind, session_id, spent_date, project_id, path,"
                 " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -213,6 +227,17 @@ class Spool:
 
 _spools: dict[str, Spool] = {}
 _spools_lock = threading.Lock()
+
+
+def _reset_locks_in_child() -> None:
+    global _spools_lock
+    _spools_lock = threading.Lock()  # a parent thread may have held it at fork time
+    for spool in _spools.values():
+        spool._schema_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 def get_spool(path: str | os.PathLike[str] | None = None) -> Spool:

@@ -78,3 +78,25 @@ def test_wrongly_typed_tokens_are_reported_not_raised(ledger: Spool,
     with keito.session():
         assert keito.record_llm_call("gpt-4o", input_tokens="many", output_tokens=1) is False  # type: ignore[arg-type]
     assert _guard_failures and _guard_failures[0][0] == "record_llm_call"
+
+
+def test_a_locked_spool_never_blocks_the_host_and_loses_nothing(ledger: Spool) -> None:
+    import sqlite3
+    import time
+
+    holder = sqlite3.connect(ledger.path, isolation_level=None, check_same_thread=False)
+    with keito.session():
+        pass  # create the schema
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        started = time.monotonic()
+        with keito.session(session_id="while-locked"):
+            keito.record_llm_call("gpt-4o", input_tokens=3, output_tokens=1)
+        host_wait = time.monotonic() - started
+        assert host_wait < 5.0  # bounded by the short host busy timeout, not SQLite's 30 s
+        assert _pipeline.writer.pending() == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert keito.flush(timeout=10.0) is True
+    assert [r["session_id"] for r in ledger.sessions() if r["session_id"] == "while-locked"] == ["while-locked"]

@@ -2,19 +2,23 @@
 
 The agent is a support bot handling a few tickets: each ticket is one `@track_agent` session
 with LLM calls (deterministic fake usage, nothing leaves the machine), a tool call and an
-outcome. With `--server` the records are also delivered to a Keito-compatible test server on
-127.0.0.1, to show delivery end to end without a Keito account.
+outcome. It writes to its own demo ledger (or `--ledger`), never to the real one, and never uses
+the configured credentials. With `--server` the records are delivered to a Keito-compatible
+test server on 127.0.0.1, to show delivery end to end without a Keito account.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import keito_instrument as keito
 
+from .._spool import default_path
 from ._report import run as run_report
 
 TICKETS = (
@@ -66,10 +70,28 @@ def run_agent(tickets: int, step_seconds: float) -> list[str]:
     return sessions
 
 
-def _defaults() -> dict[str, str]:
-    settings = keito.get_settings()
-    return {name: getattr(settings, name) or f"demo-{name.replace('_id', '').replace('_', '-')}"
-            for name in ("project_id", "task_id", "expense_category_id")}
+DEMO_IDS = {"project_id": "demo-project", "task_id": "demo-task", "expense_category_id": "demo-llm-usage"}
+
+
+def demo_ledger_path() -> Path:
+    """The demo's own ledger, beside (never inside) the real one."""
+    return default_path().with_name("demo-ledger.sqlite3")
+
+
+def _use_demo_ledger(args: argparse.Namespace) -> Path:
+    # The demo never writes into the real ledger (KEITO_LEDGER) nor sends anything with the real
+    # credentials: its records would be fake billing in a real workspace, and --server would mark
+    # real pending records as delivered to a throwaway server.
+    if args.ledger:
+        path = Path(args.ledger)
+    elif args.server:
+        path = Path(tempfile.mkdtemp(prefix="keito-demo-")) / "ledger.sqlite3"
+    else:
+        path = demo_ledger_path()
+        for suffix in ("", "-wal", "-shm"):  # a fresh demo each run
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    keito.configure(ledger_path=str(path), api_key=None, account_id=None, **DEMO_IDS)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tickets < 1 or args.step_seconds < 0:
         print("keito-instrument demo: error: --tickets must be >= 1 and --step-seconds >= 0", file=sys.stderr)
         return 2
+    path = _use_demo_ledger(args)
     if args.server:
         return _run_with_server(args)
-    keito.configure(**_defaults())
-    print(f"demo agent: handling {args.tickets} tickets (offline, into the local ledger)", file=sys.stderr)
+    print(f"demo agent: handling {args.tickets} tickets (offline, into the demo ledger {path})", file=sys.stderr)
     run_agent(args.tickets, args.step_seconds)
     keito.flush(timeout=5.0)
     print(file=sys.stderr)
@@ -97,7 +119,7 @@ def _run_with_server(args: argparse.Namespace) -> int:
     from ..testing import KeitoTestServer
 
     with KeitoTestServer() as server:
-        keito.configure(api_key=server.api_key, account_id=server.account_id, base_url=server.url, **_defaults())
+        keito.configure(api_key=server.api_key, account_id=server.account_id, base_url=server.url)
         print(f"demo agent: handling {args.tickets} tickets, delivering to {server.url}", file=sys.stderr)
         run_agent(args.tickets, args.step_seconds)
         delivered = keito.flush(timeout=30.0)

@@ -92,11 +92,31 @@ def test_demo_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_demo_runs_offline(tmp_path: Path) -> None:
-    env = {"KEITO_LEDGER": str(tmp_path / "demo.sqlite3"), "PATH": str(Path(sys.executable).parent)}
-    result = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "demo", "--step-seconds", "0"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    ledger = tmp_path / "demo.sqlite3"
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "KEITO_LEDGER": str(tmp_path / "real")}
+    result = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "--ledger", str(ledger), "demo",
+                             "--step-seconds", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "TOTAL" in result.stdout and "claude-sonnet-4-5" in result.stdout
-    status = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "status", "--format", "json"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    status = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "--ledger", str(ledger), "status",
+                             "--format", "json"], capture_output=True, text=True, env=env, timeout=60)
     assert json.loads(status.stdout)["counts"]["local"] == 9  # 3 sessions x (entry + expense + outcome)
+    assert not (tmp_path / "real").exists()  # the real ledger is never touched
+
+
+def test_demo_ignores_real_credentials_and_ledger(tmp_path: Path) -> None:
+    real = tmp_path / "real.sqlite3"
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+           "KEITO_LEDGER": str(real), "KEITO_API_KEY": "kto_real", "KEITO_ACCOUNT_ID": "cm_real",
+           "KEITO_PROJECT_ID": "REAL-PROJECT", "KEITO_BASE_URL": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "demo", "--tickets", "1",
+                             "--step-seconds", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not real.exists()
+    demo_ledgers = list((tmp_path / "xdg").rglob("demo-ledger.sqlite3"))
+    assert len(demo_ledgers) == 1
+    from keito_instrument._spool import Spool
+
+    records = Spool(demo_ledgers[0]).records()
+    assert {r["state"] for r in records} == {"local"}  # nothing queued for sending with the real key
+    assert {r["project_id"] for r in records} == {"demo-project"}
