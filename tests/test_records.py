@@ -219,3 +219,22 @@ def test_cached_responses_cost_nothing(ledger: Spool) -> None:
         keito.record_llm_call("gpt-4o", input_tokens=1000, output_tokens=100, cached=True)
     usage = ledger.usage()[0]
     assert (usage["input_tokens"], usage["llm_calls"], usage["cost_usd"]) == (0, 1, 0.0)
+
+
+def test_the_worked_example_in_the_concepts_page() -> None:
+    usage = ModelUsage("gpt-4o", "openai", input_tokens=5_500, output_tokens=700, calls=3)
+    snap = SessionSnapshot(
+        session_id="t-7", options=SessionOptions(framework="langchain"), opened_at=ts("2026-11-21T23:58:00"),
+        started_at=ts("2026-11-21T23:58:00"), ended_at=ts("2026-11-22T00:35:00"),
+        intervals=((ts("2026-11-21T23:58:00"), ts("2026-11-21T23:59:30")),
+                   (ts("2026-11-22T00:04:00"), ts("2026-11-22T00:05:00"))),
+        usage=(usage,), llm_calls=3, tool_calls=1, errors=0, outcomes=(), breakdown={}, end_reason="idle_timeout",
+        had_runs=True)
+    records = _records.build(snap, SETTINGS).records
+    entries = [(r.spent_date, r.payload["hours"], r.payload["metadata"]["duration_seconds"])
+               for r in records if r.kind == "time_entry"]
+    assert entries == [("2026-11-21", 0.03, 90), ("2026-11-22", 0.02, 60)]
+    expense = next(r for r in records if r.kind == "expense")
+    assert expense.spent_date == "2026-11-21"
+    assert expense.payload["notes"] == "gpt-4o: 5.5k input + 700 output tokens"
+    assert (expense.payload["metadata"]["llm_calls"], expense.payload["metadata"]["tool_calls"]) == (3, 1)
