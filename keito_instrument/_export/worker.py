@@ -1,0 +1,390 @@
+"""The exporter: one daemon thread owning an asyncio loop and an httpx.AsyncClient.
+
+Threading contract: `notify()`, `wake()` and `settings_changed()` run on the caller's thread and
+never block (a flag and at most one `call_soon_threadsafe`). Everything else runs on the
+exporter's own thread. A delivery cycle: claim a batch, reconcile the ambiguous records of each
+(day, project, path) with one listing, POST the rest with bounded concurrency, store results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sys
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import httpx
+
+from .._config import Settings, get_settings
+from .._guard import report
+from .._spool import Spool, get_spool
+from .client import ListError, list_record_ids, make_client, post
+from .policy import Outcome, RetryPolicy, get_policy
+from .queue import Claimed, Queue, new_owner, next_due
+
+_log = logging.getLogger("keito_instrument")
+
+
+def _suppress_otel() -> tuple[Any, Any] | None:
+    """Attach a context that tells OpenTelemetry instrumentations to skip our own HTTP calls.
+
+    Only when OpenTelemetry is already imported by the host: we never import it ourselves.
+    """
+    ctx = sys.modules.get("opentelemetry.context")
+    key = getattr(ctx, "_SUPPRESS_INSTRUMENTATION_KEY", None)
+    if ctx is None or key is None:
+        return None
+    return ctx, ctx.attach(ctx.set_value(key, True))
+
+
+class Exporter:
+    """Delivers pending spool records to Keito from a background thread (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.owner = new_owner()
+        self.generation = 0
+        self.paused_until = 0.0
+        self._not_before = 0.0
+        self._stopping = False
+        self._notified = 0
+        self._recheck = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Future[tuple[bool, float | None]] | None = None
+        self._tails: set[asyncio.Future[None]] = set()
+        self._sem = asyncio.Semaphore(1)
+        self._progress = threading.Condition()
+        self._client: httpx.AsyncClient | None = None
+        self._client_key: tuple[Any, ...] | None = None
+        self._spools: dict[str, Spool] = {}
+        self._warned: set[str] = set()
+        self._verified = False
+        self._unreachable = 0
+        self._request_timeout = 0.0
+        self._probe = asyncio.Lock()
+
+    # -- caller's thread ------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs and no stop was asked for."""
+        return not self._stopping and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def paused(self) -> bool:
+        """True while delivery waits after Keito refused the key (401/403)."""
+        return time.time() < self.paused_until
+
+    def start(self) -> None:
+        """Start the daemon thread (once)."""
+        self._thread = threading.Thread(target=self._run, name="keito-instrument-exporter", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run a delivery cycle now. Non-blocking."""
+        loop, event = self._loop, self._wake
+        if loop is None or event is None:
+            return  # not running yet: its first cycle starts at once anyway
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(event.set)
+
+    def notify(self, batch_size: int) -> None:
+        """A session's records were spooled: wake at once only when a full batch is waiting."""
+        self._notified += 1  # approximate under races, which only shifts one wake-up by a tick
+        if self._notified >= batch_size:
+            self._notified = 0
+            self.wake()
+
+    def settings_changed(self) -> None:
+        """configure() was called: lift an auth pause, look at records waiting for a setting."""
+        self.paused_until = 0.0
+        self._not_before = 0.0  # a new base URL or key deserves a try at once
+        self._unreachable = 0
+        self._verified = False
+        self._recheck = True
+        self.wake()
+
+    def wait_progress(self, generation: int, timeout: float) -> None:
+        """Block until a cycle after `generation` ended, or `timeout` seconds."""
+        with self._progress:
+            if self.generation == generation:
+                self._progress.wait(timeout)
+
+    def stop(self, timeout: float) -> bool:
+        """Cancel what is in flight, give back claims, join within `timeout`. True if the thread ended."""
+        self._stopping = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._cancel)
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(0.0, timeout))
+        return not thread.is_alive()
+
+    # -- exporter thread ------------------------------------------------------------------------
+    def _cancel(self) -> None:
+        for task in [self._task, *self._tails]:
+            if task is not None and not task.done():
+                task.cancel()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        suppressed = _suppress_otel()
+        try:
+            loop.run_until_complete(self._main(loop))
+        except Exception as exc:
+            report("exporter", exc)
+        finally:
+            try:
+                if self._client is not None:
+                    loop.run_until_complete(self._client.aclose())
+            except Exception as exc:
+                report("exporter close", exc)
+            loop.close()
+            if suppressed is not None:
+                suppressed[0].detach(suppressed[1])
+            self._signal()
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._wake = asyncio.Event()
+        self._loop = loop
+        while not self._stopping:
+            self._task = asyncio.ensure_future(self._guarded_cycle())
+            try:
+                progressed, due = await self._task
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                break
+            self._signal()
+            if progressed or self._stopping:
+                continue
+            timeout = get_settings().flush_interval
+            if due is not None:
+                timeout = min(timeout, due - time.time())
+            if timeout > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+        for task in list(self._tails):
+            task.cancel()
+        if self._tails:
+            await asyncio.wait(set(self._tails))
+        for spool in self._spools.values():
+            try:
+                Queue(spool, self.owner).release_mine()
+            except Exception as exc:
+                report("exporter release", exc)
+
+    def _signal(self) -> None:
+        with self._progress:
+            self.generation += 1
+            self._progress.notify_all()
+
+    async def _guarded_cycle(self) -> tuple[bool, float | None]:
+        try:
+            return await self._cycle()
+        except Exception as exc:  # never a hot loop on an internal error: wait one interval
+            report("exporter", exc)
+            return False, time.time() + get_settings().flush_interval
+
+    async def _get_client(self, settings: Settings) -> httpx.AsyncClient:
+        key = (
+            settings.base_url,
+            settings.api_key,
+            settings.account_id,
+            settings.request_timeout,
+            settings.max_concurrency,
+        )
+        if self._client is None or key != self._client_key:
+            if self._tails:  # let the previous client's requests end before closing it
+                await asyncio.wait(set(self._tails))
+            if self._client is not None:
+                await self._client.aclose()
+            self._client, self._client_key = make_client(settings), key
+            self._sem = asyncio.Semaphore(settings.max_concurrency)
+            self._request_timeout = settings.request_timeout
+            self._verified = False
+        return self._client
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _log.warning(message, *args)
+
+    async def _cycle(self) -> tuple[bool, float | None]:
+        settings = get_settings()
+        if settings.disabled or not settings.has_credentials:
+            return False, None
+        now = time.time()
+        gate = max(self.paused_until, self._not_before)
+        if now < gate:
+            return False, gate
+        spool = get_spool(settings.ledger_path)
+        self._spools[str(spool.path)] = spool
+        queue = Queue(spool, self.owner)
+        if self._recheck:
+            self._recheck = False
+            queue.wake_missing()
+        policy = get_policy()
+        size = settings.batch_size
+        lease = policy.lease + settings.request_timeout * 2 * math.ceil(size / settings.max_concurrency)
+        claimed, missing = queue.claim(settings, size, lease, policy.missing_settings_retry)
+        for name in missing:
+            self._warn_once(
+                "missing " + name,
+                "keito-instrument: records wait for the %s setting (configure(%s=...)); kept, not sent",
+                name,
+                name,
+            )
+        if not claimed:
+            return False, next_due(spool)
+        client = await self._get_client(settings)
+        results, to_send = await self._reconcile(client, queue, claimed, policy)
+        await self._send(client, queue, to_send, results, policy)
+        return True, None
+
+    async def _reconcile(
+        self, client: httpx.AsyncClient, queue: Queue, claimed: list[Claimed], policy: RetryPolicy
+    ) -> tuple[list[tuple[Claimed, Outcome, float]], list[Claimed]]:
+        """One listing per (path, day, project) of the ambiguous records: found ones are delivered."""
+        results: list[tuple[Claimed, Outcome, float]] = []
+        to_send = [c for c in claimed if not c.ambiguous]
+        groups: dict[tuple[str, str, str | None], list[Claimed]] = defaultdict(list)
+        for c in claimed:
+            if c.ambiguous:
+                groups[c.group].append(c)
+
+        async def one(key: tuple[str, str, str | None]) -> tuple[dict[str, str] | None, Outcome | None]:
+            async with self._sem:
+                try:
+                    return await list_record_ids(client, key[0], key[1], key[2]), None
+                except ListError as exc:
+                    return None, exc.outcome
+
+        listed = await asyncio.gather(*(one(k) for k in groups))
+        for key, (found, failure) in zip(list(groups), listed, strict=True):
+            if found is None:
+                assert failure is not None
+                self._note(failure)
+                out = Outcome(
+                    "release" if failure.kind == "pause" else "retry",
+                    ambiguous=True,
+                    reason=f"reconcile: {failure.reason}",
+                )
+                results.extend((c, out, self._delay(failure, c, policy)) for c in groups[key])
+                continue
+            queue.mark_found(found)  # also settles unclaimed ambiguous records of the same day
+            to_send.extend(c for c in groups[key] if c.record_id not in found)
+        return results, to_send
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        queue: Queue,
+        to_send: list[Claimed],
+        results: list[tuple[Claimed, Outcome, float]],
+        policy: RetryPolicy,
+    ) -> None:
+        """POST the batch; return once every request has started, so the next batch is claimed while
+        this one's last requests are in flight (no idle tail between batches). A background task
+        stores the results."""
+        all_started = asyncio.Event()
+        started = 0
+
+        async def send(rec: Claimed) -> tuple[Claimed, Outcome]:
+            nonlocal started
+            async with self._sem:
+                started += 1
+                if started == len(to_send):
+                    all_started.set()
+                if not self._verified:
+                    # Until Keito has accepted one request from this client, send one at a time:
+                    # a bad key then costs a single 401, not a burst of them.
+                    async with self._probe:
+                        return rec, await attempt(rec)
+                return rec, await attempt(rec)
+
+        async def attempt(rec: Claimed) -> Outcome:
+            gate = max(self.paused_until, self._not_before)
+            if time.time() < gate or self._stopping:
+                return Outcome("release", ambiguous=False)
+            out = await post(client, rec.path, rec.payload)
+            if out.kind in ("delivered", "dead"):
+                self._verified = True
+            self._note(out)  # at once: a pause or a Retry-After gates the requests still queued
+            return out
+
+        async def finish() -> None:
+            try:
+                for rec, out in await asyncio.gather(*(send(r) for r in to_send)):
+                    # Released records: the exporter-wide gate holds them back; a Retry-After is
+                    # also written to the record so that other processes sharing the spool respect it.
+                    release = out.kind == "release"
+                    delay = (
+                        max(0.0, self._not_before - time.time()) if release else self._delay(out, rec, policy)
+                    )
+                    if out.kind == "dead":
+                        _log.warning(
+                            "keito-instrument: Keito refused a %s record for good: %s", rec.kind, out.reason
+                        )
+                    results.append((rec, out, delay))
+                queue.finish(results)
+            except Exception as exc:
+                report("exporter", exc)
+            finally:
+                self._signal()
+                if self._wake is not None:
+                    self._wake.set()
+
+        if not to_send:
+            queue.finish(results)
+            return
+        tail = asyncio.ensure_future(finish())
+        self._tails.add(tail)
+        tail.add_done_callback(self._tails.discard)
+        waiter = asyncio.ensure_future(all_started.wait())
+        await asyncio.wait({tail, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    def _delay(self, out: Outcome, rec: Claimed, policy: RetryPolicy) -> float:
+        if out.retry_after is not None:
+            return out.retry_after
+        if out.kind != "retry":
+            return 0.0
+        delay = policy.backoff(rec.attempts + 1)
+        if out.timed_out:
+            # No answer in time after sending: Keito may still be committing the record. Give it
+            # at least one more request timeout before listing the day.
+            delay = max(delay, self._request_timeout)
+        return delay
+
+    def _note(self, out: Outcome) -> None:
+        """Exporter-wide effects of one outcome: an auth pause, a Retry-After gate."""
+        now = time.time()
+        if out.kind == "pause":
+            self.paused_until = now + get_policy().auth_pause
+            self._warn_once(
+                "pause",
+                "keito-instrument: Keito refused the requests (%s); delivery is paused until the settings "
+                "change (records are kept). Run `keito-instrument doctor`.",
+                out.reason,
+            )
+        elif out.kind == "retry" and out.retry_after is not None:
+            self._not_before = max(self._not_before, now + out.retry_after)
+        elif out.kind == "retry" and out.status is None and not out.ambiguous:
+            # Keito is unreachable: back off as a whole instead of trying every record of the batch
+            # (and competing with the host for the spool's write lock while doing so).
+            self._unreachable += 1
+            self._not_before = max(self._not_before, now + get_policy().backoff(self._unreachable))
+        if out.status is not None:
+            self._unreachable = 0
