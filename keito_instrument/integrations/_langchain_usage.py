@@ -1,0 +1,255 @@
+"""Framework-free helpers of the LangChain adapter: usage extraction and the open-run table.
+
+Nothing here imports LangChain. The adapter hands in what it pulled out of an `LLMResult`
+(`AIMessage.usage_metadata`, `response_metadata`, `llm_output`) and what it saw when the call
+started (invocation params, run metadata). Usage is normalised to the package's convention:
+`input_tokens` includes cache reads and writes, `output_tokens` includes reasoning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from keito_instrument import Run, Session, get_settings
+
+_log = logging.getLogger("keito_instrument")
+
+# Keys of the per-run metadata that name a session, strongest first. LangGraph copies
+# `configurable.thread_id` into the metadata of every run of a graph, so a thread shows up here.
+SESSION_KEYS = ("keito_session_id", "session_id", "thread_id")
+_MODEL_KEYS = ("model_name", "model", "model_id")
+# Root-run metadata keys that override the handler's session settings for that run's session.
+_OPTION_KEYS = {"keito_project_id": "project_id", "keito_task_id": "task_id", "keito_agent_id": "agent_id"}
+# LangGraph raises these to steer a graph (interrupts, Command(goto=parent)); they are not failures.
+_CONTROL_FLOW = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"})
+
+
+@dataclass(slots=True)
+class CallUsage:
+    """Tokens of one model call, in the package's convention."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached: bool = False
+    missing: bool = False
+
+
+def _int(value: object) -> int:
+    if type(value) is int:  # the common case, first: bool is not int here
+        return value if value > 0 else 0
+    if isinstance(value, float):
+        return max(int(value), 0)
+    return 0
+
+
+def _get(mapping: object, key: str) -> object:
+    return mapping.get(key) if isinstance(mapping, Mapping) else None
+
+
+def from_usage_metadata(usage: Mapping[str, Any]) -> CallUsage:
+    """Read langchain-core's `UsageMetadata` (already in our convention).
+
+    A cache hit of langchain-core's LLM cache is marked by `total_cost: 0`, which langchain-core adds
+    to the cached message's usage; such a call is billed at zero.
+    """
+    get = usage.get
+    result = CallUsage(_int(get("input_tokens")), _int(get("output_tokens")))
+    details = get("input_token_details")
+    if details and isinstance(details, Mapping):
+        result.cache_read_tokens = _int(details.get("cache_read"))
+        result.cache_write_tokens = _int(details.get("cache_creation"))
+    details = get("output_token_details")
+    if details and isinstance(details, Mapping):
+        result.reasoning_tokens = _int(details.get("reasoning"))
+    if "total_cost" in usage and get("total_cost") == 0:
+        result.cached = True
+    return result
+
+
+def from_llm_output(llm_output: Mapping[str, Any] | None) -> CallUsage | None:
+    """Fallback: the provider's own usage block in `llm_output` (`token_usage` or `usage`).
+
+    Understands OpenAI's shape (prompt/completion tokens with details) and Anthropic's (input
+    excludes cache reads and writes, so they are added back). None when there is no usage block.
+    """
+    if not isinstance(llm_output, Mapping):
+        return None
+    block = llm_output.get("token_usage") or llm_output.get("usage")
+    if not isinstance(block, Mapping) or not block:
+        return None
+    if "prompt_tokens" in block or "completion_tokens" in block:
+        return CallUsage(
+            input_tokens=_int(block.get("prompt_tokens")),
+            output_tokens=_int(block.get("completion_tokens")),
+            cache_read_tokens=_int(_get(block.get("prompt_tokens_details"), "cached_tokens")),
+            reasoning_tokens=_int(_get(block.get("completion_tokens_details"), "reasoning_tokens")),
+        )
+    if "input_tokens" in block or "output_tokens" in block:
+        cache_read = _int(block.get("cache_read_input_tokens"))
+        cache_write = _int(block.get("cache_creation_input_tokens"))
+        inp = _int(block.get("input_tokens"))
+        if "cache_read_input_tokens" in block or "cache_creation_input_tokens" in block:
+            inp += cache_read + cache_write  # Anthropic reports input without its cache parts
+        return CallUsage(
+            input_tokens=inp,
+            output_tokens=_int(block.get("output_tokens")),
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+    return None
+
+
+def model_name(*sources: object) -> str | None:
+    """The first model name found in the given mappings (`model_name`, `model`, `model_id`)."""
+    for source in sources:
+        if source and (type(source) is dict or isinstance(source, Mapping)):
+            for key in _MODEL_KEYS:
+                value = source.get(key)  # type: ignore[attr-defined]
+                if value and isinstance(value, str):
+                    return value
+    return None
+
+
+def session_id_from(metadata: Mapping[str, Any] | None) -> str | None:
+    """The session a root run names in its metadata, if any."""
+    if not metadata:
+        return None
+    for key in SESSION_KEYS:
+        value = metadata.get(key)
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def replayed(message_id: object, run_id: str) -> bool:
+    """True for a message served from LangChain's LLM cache, on versions without its `total_cost` mark.
+
+    langchain-core names a message it generated after the run that produced it (`run-<id>`, or
+    `lc_run--<id>` in later releases); a cached message keeps the id of the run that first produced
+    it. Provider-assigned ids (e.g. `chatcmpl-...`) say nothing, so only LangChain's own are compared.
+    """
+    if type(message_id) is not str or not message_id.startswith(("lc_run-", "run-")):
+        return False
+    return run_id not in message_id
+
+
+def with_overrides(settings: dict[str, Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Session settings, overridden by a root run's `keito_project_id` / `_task_id` / `_agent_id`."""
+    if not metadata:
+        return settings
+    extra = {option: metadata[key] for key, option in _OPTION_KEYS.items() if metadata.get(key)}
+    return {**settings, **extra} if extra else settings
+
+
+def stopped(error: BaseException) -> bool:
+    """The consumer stopped the run (a stream closed early, a task cancelled): not a failure."""
+    return isinstance(error, (GeneratorExit, asyncio.CancelledError))
+
+
+def not_a_failure(error: BaseException) -> bool:
+    """Stopped by its consumer, or LangGraph control flow (an interrupt, `Command(goto=...)`)."""
+    return stopped(error) or any(cls.__name__ in _CONTROL_FLOW for cls in type(error).__mro__)
+
+
+def marks_cache_hits(convert_cached: object) -> bool:
+    """Whether langchain-core's cached-generation converter adds the `total_cost: 0` mark."""
+    code = getattr(convert_cached, "__code__", None)
+    return code is not None and "total_cost" in code.co_consts
+
+
+# -- the open-run table --------------------------------------------------------------------------
+class Root:
+    """One root run: its session, the keito run it opened (None when it joined the caller's open
+    session, whose own run already covers its time) and the handler that owns its whole tree."""
+
+    __slots__ = ("born", "key", "last_error", "owner", "run", "session")
+
+    def __init__(self, owner: object, session: Session, run: Run | None, key: int) -> None:
+        self.owner = owner
+        self.session = session
+        self.run = run
+        self.key = key
+        self.born = time.monotonic()
+        self.last_error: BaseException | None = None
+
+
+class Call:
+    """One open model call: its root and what was seen at its start (read only if needed at its end)."""
+
+    __slots__ = ("born", "metadata", "params", "root")
+
+    def __init__(self, root: Root, metadata: Mapping[str, Any] | None, params: object) -> None:
+        self.root = root
+        self.born = root.born
+        self.metadata = metadata
+        self.params = params
+
+
+Entry = Root | Call
+
+
+class RunTable:
+    """Open runs, `run_id.int -> entry`, bounded in count (`max_open_runs`) and age (`max_run_age`).
+
+    A nested run maps straight to its `Root` (no allocation); a model call to a `Call`. Lookups,
+    inserts and removals are single dict operations, atomic in CPython, so the hot path takes no
+    lock (integer keys also hash in C, UUIDs in Python). Eviction, oldest entry first, runs every
+    64 root or call inserts (re-reading the cap from the settings) and whenever the table is over
+    its cap. Forgetting a run only drops its entry: the keito session of a root whose end never
+    arrives is ended by the core's sweep (`run_age_exceeded`), billed up to its last activity.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.nodes: dict[int, Entry] = {}
+        self.cap = 10_000  # refreshed from the settings at every sweep
+        self._inserts = 0
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __contains__(self, run_id: object) -> bool:
+        return getattr(run_id, "int", run_id) in self.nodes
+
+    def add(self, key: int, entry: Entry) -> None:
+        """Insert a root or a call, sweeping now and then."""
+        self.nodes[key] = entry
+        self._inserts += 1
+        if not self._inserts & 63 or len(self.nodes) > self.cap:
+            self.sweep()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget runs older than `max_run_age` and beyond `max_open_runs`; returns how many."""
+        settings = get_settings()
+        self.cap = cap = settings.max_open_runs
+        max_age = settings.max_run_age
+        now = time.monotonic() if now is None else now
+        dropped = 0
+        with self._lock:
+            nodes = self.nodes
+            while nodes:
+                try:
+                    key = next(iter(nodes))  # insertion order: the oldest entry
+                except (RuntimeError, StopIteration):  # changed under us by another thread
+                    break
+                entry = nodes.get(key)
+                if entry is not None and len(nodes) <= cap and now - entry.born <= max_age:
+                    break
+                nodes.pop(key, None)
+                dropped += 1
+        if dropped:
+            _log.debug("keito-instrument: forgot %d LangChain run(s) whose end never arrived", dropped)
+        return dropped
+
+    def clear(self) -> None:
+        """Forget every run (tests)."""
+        self.nodes.clear()
