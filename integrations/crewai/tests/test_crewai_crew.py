@@ -1,0 +1,341 @@
+"""A real CrewAI crew (offline LLM that behaves like a provider) billed through our listener."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from _crewai_fakes import fake_llm
+from crewai import Agent, Crew, Process, Task
+from crewai.tools import tool
+
+import keito_instrument as keito
+from conftest import FINAL, TOOL_STEP, make_crew, settle
+from keito_instrument._spool import Spool
+from keito_instrument.integrations import _crewai_events as ev
+from keito_instrument.integrations import crewai as keito_crewai
+
+PER_CALL = 120  # the fake's default usage: 100 prompt + 20 completion tokens
+
+
+def expense(ledger: Spool, session_id: str) -> dict[str, Any]:
+    [record] = [r for r in ledger.records(session_id=session_id) if r["kind"] == "expense"]
+    return record["payload"]["metadata"]  # type: ignore[no-any-return]
+
+
+def test_two_kickoffs_are_two_sessions_with_their_own_tokens(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    crew = make_crew()
+    crew.kickoff()
+    settle(listener)
+    crew.kickoff()
+    settle(listener)
+
+    sessions = ledger.sessions()
+    assert len(sessions) == 2
+    for row in sessions:
+        assert row["llm_calls"] == 3
+        assert row["input_tokens"] + row["output_tokens"] == 3 * PER_CALL
+        assert row["tool_calls"] == 1
+        assert row["errors"] == 0
+    # crewai's own totals are cumulative per LLM instance and count the shared LLM once per
+    # agent: what we bill must not come from them.
+    assert crew.usage_metrics is not None
+    assert crew.usage_metrics.total_tokens == 2 * 2 * 3 * PER_CALL
+
+
+def test_records_carry_usage_breakdown_and_framework(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    crew = make_crew(
+        usage={
+            "prompt_tokens": 1000,
+            "completion_tokens": 300,
+            "cached_prompt_tokens": 400,
+            "reasoning_tokens": 50,
+        }
+    )
+    crew.kickoff()
+    settle(listener)
+
+    [row] = ledger.sessions()
+    md = expense(ledger, row["session_id"])
+    assert md["framework"] == "crewai"
+    assert md["input_tokens"] == 3000 and md["output_tokens"] == 900
+    assert md["cache_read_tokens"] == 1200 and md["reasoning_tokens"] == 150
+    assert md["llm_calls"] == 3 and md["tool_calls"] == 1
+    assert md["model"] == "gpt-4o-mini"
+    assert md["agent.Researcher.llm_calls"] == 2 and md["agent.Writer.llm_calls"] == 1
+    assert md["task.adding.input_tokens"] == 2000 and md["task.writing.output_tokens"] == 300
+    time_entries = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "time_entry"]
+    assert len(time_entries) == 1
+    assert time_entries[0]["payload"]["metadata"]["agent_type"] == "crew"
+
+
+@pytest.mark.parametrize("failing_call", [1, 3])
+def test_a_failing_crew_bills_what_it_spent(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, failing_call: int
+) -> None:
+    script: list[Any] = [TOOL_STEP, FINAL, FINAL]
+    script[failing_call - 1] = RuntimeError("provider exploded")
+    llm = fake_llm("gpt-4o-mini", script)
+    crew = make_crew(llm)
+    for agent in crew.agents:
+        agent.max_retry_limit = 0
+    with pytest.raises(RuntimeError, match="provider exploded"):
+        crew.kickoff()
+    settle(listener)
+
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == failing_call - 1
+    assert row["input_tokens"] + row["output_tokens"] == (failing_call - 1) * PER_CALL
+    # the failed LLM call, the failed task and the failed kickoff
+    assert row["errors"] == 3
+    assert crew.usage_metrics is None  # crewai reports nothing for a failed kickoff
+
+
+def test_kickoff_for_each_gives_one_session_per_input(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    crew = make_crew()
+    crew.kickoff_for_each(inputs=[{"n": 1}, {"n": 2}, {"n": 3}])
+    settle(listener)
+
+    sessions = ledger.sessions()
+    assert len(sessions) == 3
+    # Each input runs on a copy of the crew, so each kickoff bills its own copy's calls only.
+    assert len({row["input_tokens"] + row["output_tokens"] for row in sessions}) == 1
+    for row in sessions:
+        assert row["input_tokens"] + row["output_tokens"] == row["llm_calls"] * PER_CALL
+        assert row["llm_calls"] >= 3
+
+
+async def test_kickoff_async_and_akickoff(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
+    crew = make_crew()
+    await crew.kickoff_async()
+    await crew.akickoff()
+    await crew.kickoff_for_each_async(inputs=[{"n": 1}, {"n": 2}])
+    await asyncio.to_thread(settle, listener)
+
+    sessions = ledger.sessions()
+    assert len(sessions) == 4
+    assert all(row["llm_calls"] >= 3 for row in sessions)
+    assert all(row["input_tokens"] + row["output_tokens"] == row["llm_calls"] * PER_CALL for row in sessions)
+
+
+async def test_async_kickoffs_join_an_async_keito_session(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    crew = make_crew()
+    async with keito.session(session_id="chat-9"):
+        await crew.akickoff()
+        await crew.kickoff_async()
+        await asyncio.to_thread(settle, listener)
+    [row] = ledger.sessions()
+    assert row["session_id"] == "chat-9" and row["llm_calls"] == 6
+
+
+@pytest.mark.guard_errors_expected
+def test_our_failures_never_reach_crewai(
+    listener: keito_crewai.KeitoCrewListener,
+    ledger: Spool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("keito bug")
+
+    monkeypatch.setattr(listener.assembler, "_apply", broken)
+    result = make_crew().kickoff()
+    settle(listener)
+    assert result.raw == "5"  # the crew is unaffected
+    assert len(ledger.sessions()) == 1  # and the kickoff still ended: its time is billed
+    assert any(r.name == "keito_instrument" and "internal error" in r.getMessage() for r in caplog.records)
+
+
+def test_agent_kickoff_without_a_crew_is_a_session(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    llm = fake_llm("gpt-4o-mini", [FINAL])
+    agent = Agent(role="Solo", goal="Answer", backstory="Alone.", llm=llm)
+    agent.kickoff("What is 2 + 3?")
+    settle(listener)
+
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 1 and row["input_tokens"] == 100
+    md = expense(ledger, row["session_id"])
+    assert md["agent_type"] == "agent"
+    assert md["agent.Solo.llm_calls"] == 1
+
+
+def test_kickoffs_inside_a_keito_session_join_it(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    crew = make_crew()
+    with keito.session(session_id="ticket-42"):
+        crew.kickoff()
+        crew.kickoff()
+        settle(listener)
+        assert ledger.sessions() == []  # still open: the kickoffs joined, they did not end it
+
+    [row] = ledger.sessions()
+    assert row["session_id"] == "ticket-42"
+    assert row["llm_calls"] == 6
+
+
+def test_track_agent_around_a_kickoff(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
+    crew = make_crew()
+
+    @keito.track_agent(agent_id="crew-runner")
+    def handle() -> str:
+        out = crew.kickoff()
+        settle(listener)
+        return str(out.raw)
+
+    assert handle() == "5"
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 3
+
+
+def test_per_crew_settings_and_inputs(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
+    configured = make_crew()
+    keito_crewai.instrument(crew=configured, session_id="crew-a", project_id="proj-a", task_id="task-a")
+    configured.kickoff()
+    settle(listener)
+    plain = make_crew()
+    plain.kickoff(inputs={"keito_session_id": "from-inputs", "keito_project_id": "proj-b"})
+    settle(listener)
+
+    by_id = {row["session_id"]: row for row in ledger.sessions()}
+    assert set(by_id) == {"crew-a", "from-inputs"}
+    [entry_a] = [r for r in ledger.records(session_id="crew-a") if r["kind"] == "time_entry"]
+    assert entry_a["payload"]["project_id"] == "proj-a" and entry_a["payload"]["task_id"] == "task-a"
+    [entry_b] = [r for r in ledger.records(session_id="from-inputs") if r["kind"] == "time_entry"]
+    assert entry_b["payload"]["project_id"] == "proj-b"
+
+
+def bill_to_ticket(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A before_kickoff hook choosing the session (module level: crewai warns about lambdas)."""
+    return {**inputs, "keito_session_id": f"ticket-{inputs['ticket']}", "keito_task_id": "support"}
+
+
+def test_a_before_kickoff_hook_sets_the_session(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    crew = make_crew(before_kickoff_callbacks=[bill_to_ticket])
+    crew.kickoff(inputs={"ticket": 7})
+    settle(listener)
+    [row] = ledger.sessions()
+    assert row["session_id"] == "ticket-7"
+    [entry] = [r for r in ledger.records(session_id="ticket-7") if r["kind"] == "time_entry"]
+    assert entry["payload"]["task_id"] == "support"
+
+
+def test_uninstrument_really_unregisters(ledger: Spool) -> None:
+    from crewai.events import LLMCallCompletedEvent, crewai_event_bus
+
+    with crewai_event_bus.scoped_handlers():
+        listener = keito_crewai.instrument()
+        assert keito_crewai.is_instrumented()
+        assert listener._handle in crewai_event_bus._sync_handlers[LLMCallCompletedEvent]
+        keito_crewai.uninstrument()
+        assert not keito_crewai.is_instrumented()
+        assert listener._handle not in crewai_event_bus._sync_handlers.get(LLMCallCompletedEvent, frozenset())
+        make_crew().kickoff()
+        assert crewai_event_bus.flush(timeout=10)
+    assert ledger.sessions() == []
+
+
+@pytest.mark.parametrize("slow_kind", [ev.LLM_STARTED, ev.LLM_COMPLETED])
+def test_out_of_order_handling_on_the_real_bus(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, monkeypatch: pytest.MonkeyPatch, slow_kind: str
+) -> None:
+    """Slow handlers for one event kind make CrewAI's pool deliver starts after completions, and
+    an `Agent.kickoff` end before its completion: the bill is unchanged."""
+    fed: list[str] = []
+    feed = listener.assembler.feed
+
+    def slow_feed(event: ev.CrewEvent) -> None:
+        if event.kind == slow_kind:
+            time.sleep(0.05)
+        fed.append(event.kind)
+        feed(event)
+
+    monkeypatch.setattr(listener.assembler, "feed", slow_feed)
+    make_crew().kickoff()
+    agent = Agent(role="Solo", goal="Answer", backstory="Alone.", llm=fake_llm("m", [FINAL]))
+    agent.kickoff("What is 2 + 3?")
+    settle(listener)
+
+    late = ev.LLM_COMPLETED if slow_kind == ev.LLM_STARTED else ev.KICKOFF_COMPLETED
+    early = ev.LLM_STARTED if slow_kind == ev.LLM_STARTED else ev.LLM_COMPLETED
+    assert fed.index(late) < len(fed) - 1 - fed[::-1].index(early), "events were not reordered"
+    rows = sorted(ledger.sessions(), key=lambda row: row["llm_calls"])
+    assert [row["llm_calls"] for row in rows] == [1, 3]
+    assert [row["input_tokens"] for row in rows] == [100, 300]
+
+
+@tool("ask_expert")
+def ask_expert(question: str) -> str:
+    """Ask a helper agent (an Agent.kickoff inside the crew's kickoff)."""
+    expert = Agent(role="Expert", goal="Answer", backstory="Knows.", llm=fake_llm("gpt-4o-mini", [FINAL]))
+    return str(expert.kickoff(question).raw)
+
+
+def test_an_agent_kickoff_inside_a_crew_joins_the_crew_session(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    llm = fake_llm(
+        "gpt-4o-mini", ['Thought: ask\nAction: ask_expert\nAction Input: {"question": "2+3?"}', FINAL]
+    )
+    asker = Agent(role="Asker", goal="Find out", backstory="Curious.", llm=llm, tools=[ask_expert])
+    crew = Crew(
+        agents=[asker], tasks=[Task(description="Find 2+3.", expected_output="A number", agent=asker)]
+    )
+    crew.kickoff()
+    settle(listener)
+
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 3  # two by the crew's agent, one by the expert it consulted
+    md = expense(ledger, row["session_id"])
+    assert md["agent.Expert.llm_calls"] == 1 and md["agent.Asker.llm_calls"] == 2
+
+
+def test_settings_survive_keito_instrument_and_typos_fail_fast(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    keito_crewai.instrument(project_id="p-default")
+    keito_crewai.instrument()  # what keito.instrument() calls: must not reset our settings
+    assert listener.options == {"project_id": "p-default"}
+    with pytest.raises(TypeError, match="projct_id"):
+        keito_crewai.instrument(projct_id="p")
+    make_crew().kickoff()
+    settle(listener)
+    [row] = ledger.sessions()
+    [entry] = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "time_entry"]
+    assert entry["payload"]["project_id"] == "p-default"
+
+
+def test_streaming_crew_and_hierarchical_process(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    streaming = make_crew(stream=True)
+    output = streaming.kickoff()
+    list(output)  # a streaming kickoff runs while its output is consumed
+    assert output.result.raw == "5"
+    settle(listener)
+
+    manager_llm = fake_llm("gpt-4o-mini", [FINAL])
+    hierarchical = make_crew(process=Process.hierarchical, manager_llm=manager_llm)
+    hierarchical.kickoff()
+    settle(listener)
+
+    first, second = ledger.sessions()
+    assert first["llm_calls"] == 3 and first["tool_calls"] == 1
+    assert manager_llm.calls >= 1
+    worker_calls = hierarchical.agents[0].llm.calls  # the agents share one fake LLM
+    assert second["llm_calls"] == manager_llm.calls + worker_calls
+    assert second["input_tokens"] == second["llm_calls"] * 100

@@ -1,0 +1,373 @@
+"""The framework-free kickoff assembler, fed with plain events in adversarial orders."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from typing import Any
+
+import pytest
+
+import keito_instrument as keito
+from keito_instrument._spool import Spool
+from keito_instrument.integrations import _crewai_events as ev
+from keito_instrument.integrations._crewai_events import (
+    CrewEvent,
+    KickoffAssembler,
+    Tokens,
+    tokens_from_usage,
+)
+
+OPENAI = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+
+
+def kickoff_events(
+    key: str, calls: int = 2, *, fail: bool = False, tools: int = 1, settled: bool = True
+) -> list[CrewEvent]:
+    """The events of one kickoff in emission order."""
+    events = [CrewEvent(ev.KICKOFF_STARTED, key, options={"agent_type": "crew"})]
+    for i in range(calls):
+        call = f"{key}-call-{i}"
+        events.append(CrewEvent(ev.LLM_STARTED, key, item_id=call))
+        events.append(
+            CrewEvent(
+                ev.LLM_COMPLETED,
+                key,
+                item_id=call,
+                model="gpt-4o-mini",
+                provider="openai",
+                usage=OPENAI,
+                agent="Researcher",
+                task="adding",
+            )
+        )
+    events += [CrewEvent(ev.TOOL_FINISHED, key, item_id=f"{key}-tool-{i}") for i in range(tools)]
+    if fail:
+        events.append(CrewEvent(ev.TASK_FAILED, key, item_id=f"{key}-task"))
+    kind = ev.KICKOFF_FAILED if fail else ev.KICKOFF_COMPLETED
+    events.append(CrewEvent(kind, key, error="boom" if fail else None, settled=settled))
+    return events
+
+
+def feed(assembler: KickoffAssembler, events: list[CrewEvent]) -> None:
+    for event in events:
+        assembler.feed(event)
+
+
+def test_in_order_kickoff_is_one_session(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    feed(assembler, kickoff_events("k1", calls=3))
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["tool_calls"], row["errors"]) == (3, 1, 0)
+    assert row["input_tokens"] == 300 and row["output_tokens"] == 60
+    assert assembler.open_kickoffs == 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_any_order_bills_the_same(ledger: Spool, seed: int) -> None:
+    """Every permutation: starts after ends, the kickoff's end (unsettled) before anything else."""
+    events = kickoff_events("k", calls=4, settled=False)
+    random.Random(seed).shuffle(events)
+    unsettled: list[str] = []
+    assembler = KickoffAssembler(settle_timeout=30, on_unsettled=unsettled.append)
+    feed(assembler, events)
+    assert unsettled == ["k"]
+    assert ledger.sessions() == []  # the bus has not drained yet: the kickoff stays open
+    assembler.settled("k")
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 4 and row["input_tokens"] == 400 and row["tool_calls"] == 1
+
+
+def test_unsettled_end_lingers_by_default(ledger: Spool) -> None:
+    assembler = KickoffAssembler(linger=0.01)
+    feed(assembler, kickoff_events("k", calls=1, settled=False))
+    assert assembler.wait_idle(5)
+    assert len(ledger.sessions()) == 1
+
+
+def test_end_waits_for_open_calls_then_closes(ledger: Spool) -> None:
+    assembler = KickoffAssembler(settle_timeout=30)
+    feed(
+        assembler,
+        [
+            CrewEvent(ev.KICKOFF_STARTED, "k"),
+            CrewEvent(ev.LLM_STARTED, "k", item_id="c1"),
+            CrewEvent(ev.KICKOFF_COMPLETED, "k"),
+        ],
+    )
+    assert ledger.sessions() == []  # c1 is still in flight
+    assembler.feed(CrewEvent(ev.LLM_COMPLETED, "k", item_id="c1", model="m", usage=OPENAI))
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 1
+
+
+def test_calls_that_never_complete_are_closed_after_settle_timeout(ledger: Spool) -> None:
+    assembler = KickoffAssembler(settle_timeout=0.05)
+    feed(
+        assembler,
+        [
+            CrewEvent(ev.KICKOFF_STARTED, "k"),
+            CrewEvent(ev.LLM_STARTED, "k", item_id="lost"),
+            CrewEvent(ev.KICKOFF_COMPLETED, "k"),
+        ],
+    )
+    assert assembler.wait_idle(5)
+    assert len(ledger.sessions()) == 1
+
+
+def test_calls_before_the_start_and_duplicates(ledger: Spool) -> None:
+    """Agent.kickoff does not wait for its start handlers: a call may be seen first."""
+    assembler = KickoffAssembler()
+    done = CrewEvent(ev.LLM_COMPLETED, "k", item_id="c1", model="m", usage=OPENAI)
+    feed(
+        assembler,
+        [
+            done,
+            CrewEvent(ev.LLM_STARTED, "k", item_id="c1"),
+            CrewEvent(ev.KICKOFF_STARTED, "k"),
+            done,
+            CrewEvent(ev.TOOL_FINISHED, "k", item_id="t"),
+            CrewEvent(ev.TOOL_FINISHED, "k", item_id="t"),
+            CrewEvent(ev.KICKOFF_COMPLETED, "k"),
+        ],
+    )
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["tool_calls"], row["input_tokens"]) == (1, 1, 100)
+
+
+def test_late_events_do_not_open_a_new_session(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    feed(assembler, kickoff_events("k", calls=1))
+    assembler.feed(CrewEvent(ev.LLM_COMPLETED, "k", item_id="late", model="m", usage=OPENAI))
+    assembler.feed(CrewEvent(ev.KICKOFF_STARTED, "k"))
+    assert assembler.open_kickoffs == 0 and assembler.late_events == 2
+    assert len(ledger.sessions()) == 1
+
+
+def test_failed_kickoff_bills_spent_tokens_and_counts_errors(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    events = kickoff_events("k", calls=2, fail=True)
+    events.insert(-2, CrewEvent(ev.LLM_FAILED, "k", item_id="k-call-x"))
+    feed(assembler, events)
+    [row] = ledger.sessions()
+    assert row["input_tokens"] == 200
+    assert row["errors"] == 3  # llm_call_failed, task_failed, crew_kickoff_failed
+
+
+def test_nested_kickoff_joins_the_outer_session(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    inner = kickoff_events("inner", calls=1)
+    inner[0] = CrewEvent(ev.KICKOFF_STARTED, "inner", outer="outer")
+    outer = kickoff_events("outer", calls=1)
+    feed(assembler, [outer[0], *inner, *outer[1:]])
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 2
+
+
+def test_caller_session_is_joined_and_explicit_id_wins(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    with keito.session(session_id="outer") as s:
+        feed(
+            assembler,
+            [
+                CrewEvent(ev.KICKOFF_STARTED, "a", caller_session=s.session_id),
+                CrewEvent(ev.LLM_COMPLETED, "a", item_id="1", model="m", usage=OPENAI),
+                CrewEvent(ev.KICKOFF_COMPLETED, "a"),
+            ],
+        )
+        feed(
+            assembler,
+            [
+                CrewEvent(ev.KICKOFF_STARTED, "b", caller_session="outer", session_id="mine"),
+                CrewEvent(ev.KICKOFF_COMPLETED, "b"),
+            ],
+        )
+    rows = {row["session_id"]: row for row in ledger.sessions()}
+    assert set(rows) == {"outer", "mine"}
+    assert rows["outer"]["llm_calls"] == 1
+
+
+def test_open_kickoffs_are_bounded(ledger: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "MAX_OPEN_KICKOFFS", 3)
+    monkeypatch.setattr(ev, "MAX_FINISHED_KEYS", 2)
+    assembler = KickoffAssembler()
+    for i in range(10):
+        assembler.feed(CrewEvent(ev.KICKOFF_STARTED, f"k{i}"))
+    assert assembler.open_kickoffs == 3
+    assert len(ledger.sessions()) == 7  # the oldest were closed, and billed, not dropped
+    assert len(assembler._finished) == 2
+
+
+def test_many_threads_many_kickoffs(ledger: Spool) -> None:
+    """Like CrewAI's 10-thread handler pool: events of 20 kickoffs, shuffled, from 10 threads."""
+    events = [e for i in range(20) for e in kickoff_events(f"k{i}", calls=5, settled=False)]
+    random.Random(7).shuffle(events)
+    unsettled: list[str] = []
+    assembler = KickoffAssembler(settle_timeout=30, on_unsettled=unsettled.append)
+    chunks = [events[i::10] for i in range(10)]
+    threads = [threading.Thread(target=feed, args=(assembler, chunk)) for chunk in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key in unsettled:
+        assembler.settled(key)
+    assert assembler.wait_idle(5)
+    rows = ledger.sessions()
+    assert len(rows) == 20
+    assert all(row["llm_calls"] == 5 and row["input_tokens"] == 500 for row in rows)
+
+
+@pytest.mark.guard_errors_expected
+def test_a_failing_begin_never_raises(ledger: Spool) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("core broke")
+
+    assembler = KickoffAssembler(begin=broken)
+    feed(assembler, kickoff_events("k"))  # must not raise
+    assert ledger.sessions() == []
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        (OPENAI, Tokens(100, 20)),
+        (
+            {
+                "prompt_tokens": 100,
+                "completion_tokens": 30,
+                "cached_prompt_tokens": 40,
+                "reasoning_tokens": 10,
+            },
+            Tokens(100, 30, 40, 0, 10),
+        ),
+        (
+            {
+                "prompt_tokens": 100,
+                "completion_tokens": 30,
+                "prompt_tokens_details": {"cached_tokens": 60},
+                "completion_tokens_details": {"reasoning_tokens": 5},
+            },
+            Tokens(100, 30, 60, 0, 5),
+        ),
+        # crewai's Anthropic provider already adds cache to input_tokens
+        (
+            {
+                "input_tokens": 150,
+                "output_tokens": 20,
+                "cached_prompt_tokens": 30,
+                "cache_creation_tokens": 20,
+            },
+            Tokens(150, 20, 30, 20, 0),
+        ),
+        # a raw Anthropic usage: input excludes cache reads and writes
+        (
+            {
+                "input_tokens": 100,
+                "output_tokens": 20,
+                "cache_read_input_tokens": 30,
+                "cache_creation_input_tokens": 20,
+            },
+            Tokens(150, 20, 30, 20, 0),
+        ),
+        # Gemini: candidates exclude thoughts; crewai's completion_tokens includes them
+        (
+            {"prompt_token_count": 80, "candidates_token_count": 10, "reasoning_tokens": 5},
+            Tokens(80, 15, 0, 0, 5),
+        ),
+        (
+            {
+                "prompt_token_count": 80,
+                "candidates_token_count": 10,
+                "completion_tokens": 15,
+                "reasoning_tokens": 5,
+            },
+            Tokens(80, 15, 0, 0, 5),
+        ),
+        # Bedrock Converse: inputTokens excludes cache reads and writes
+        (
+            {"inputTokens": 100, "outputTokens": 20, "cacheReadInputTokens": 30, "cacheWriteInputTokens": 5},
+            Tokens(135, 20, 30, 5, 0),
+        ),
+        # LiteLLM (Anthropic behind it): prompt_tokens already includes the cache
+        (
+            {
+                "prompt_tokens": 150,
+                "completion_tokens": 20,
+                "cache_read_input_tokens": 30,
+                "cache_creation_input_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 30},
+            },
+            Tokens(150, 20, 30, 20, 0),
+        ),
+        ({"total_tokens": 0}, None),
+        (None, None),
+    ],
+)
+def test_tokens_from_usage(usage: dict[str, Any] | None, expected: Tokens | None) -> None:
+    assert tokens_from_usage(usage) == expected
+
+
+def test_missing_usage_is_flagged_not_zero_cost(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    feed(
+        assembler,
+        [
+            CrewEvent(ev.KICKOFF_STARTED, "k"),
+            CrewEvent(ev.LLM_COMPLETED, "k", item_id="c", model="m", usage=None),
+            CrewEvent(ev.KICKOFF_COMPLETED, "k"),
+        ],
+    )
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 1 and row["input_tokens"] == 0
+
+
+def test_labels_are_short() -> None:
+    assert ev._label("x" * 500) == "x" * 59 + "…"
+    assert ev._label("  a \n b ") == "a b"
+    assert ev._label(None) is None
+
+
+def test_fork_hook_does_not_keep_the_assembler_alive() -> None:
+    import gc
+    import weakref
+
+    ref = weakref.ref(KickoffAssembler())
+    gc.collect()
+    assert ref() is None
+
+
+def test_after_fork_the_child_starts_empty(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    assembler.feed(CrewEvent(ev.KICKOFF_STARTED, "k"))
+    assembler._lock.acquire()  # as if another thread held it when the process forked
+    assembler._after_fork_in_child()
+    assert assembler.open_kickoffs == 0
+    feed(assembler, kickoff_events("k2", calls=1))
+    assert assembler.wait_idle(1)
+
+
+def test_breakdown_of_many_agents_and_long_task_names_fits_4kb(ledger: Spool) -> None:
+    assembler = KickoffAssembler()
+    events = [CrewEvent(ev.KICKOFF_STARTED, "k")]
+    for i in range(60):
+        events.append(
+            CrewEvent(
+                ev.LLM_COMPLETED,
+                "k",
+                item_id=f"c{i}",
+                model="gpt-4o-mini",
+                usage=OPENAI,
+                agent=f"Agent number {i} with a long role name",
+                task="Describe " + "very " * 80 + f"{i}",
+            )
+        )
+    feed(assembler, [*events, CrewEvent(ev.KICKOFF_COMPLETED, "k")])
+    [row] = ledger.sessions()
+    [expense] = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "expense"]
+    md = expense["payload"]["metadata"]
+    assert len(json.dumps(md, separators=(",", ":")).encode()) <= 4096
+    assert md["session_id"] == row["session_id"] and md["record_id"]
+    assert md["llm_calls"] == 60 and md["input_tokens"] == 6000
+    assert all(len(key) < 120 for key in md)

@@ -1,0 +1,71 @@
+"""crewai's own OpenAI provider against a local fake server: the usage we bill is crewai's.
+
+Also proves that a crew run connects to nothing but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from _fake_openai import USAGE, ToolCall, fake_openai
+from crewai import LLM
+
+from conftest import make_crew, settle
+from keito_instrument._spool import Spool
+from keito_instrument.integrations import crewai as keito_crewai
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every address anything connects or resolves to during the test (on top of the root guard)."""
+    seen: list[object] = []
+    guarded_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self: socket.socket, address: object) -> None:
+        seen.append(address)
+        guarded_connect(self, address)  # type: ignore[arg-type]
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        seen.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield seen
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_real_openai_provider_usage_is_billed_and_only_loopback_is_used(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, connections: list[object], stream: bool
+) -> None:
+    # Native tool calling (crewai's OpenAI provider supports it) unless streaming.
+    first: str | ToolCall = "The sum is 5." if stream else ToolCall("add", {"a": 2, "b": 3})
+    with fake_openai([first, "The sum is 5.", "The sum is 5."]) as server:
+        llm = LLM(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-fake", stream=stream)
+        assert type(llm).__name__ == "OpenAICompletion"  # crewai's native provider, not a fake
+        crew = make_crew(llm)
+        result = crew.kickoff()
+        settle(listener)
+
+    assert "5" in result.raw
+    calls = len(server.requests)
+    assert calls == (2 if stream else 3)
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == calls
+    assert row["input_tokens"] == calls * USAGE["prompt_tokens"]
+    assert row["output_tokens"] == calls * USAGE["completion_tokens"]
+    [expense] = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "expense"]
+    md = expense["payload"]["metadata"]
+    assert md["cache_read_tokens"] == calls * 40
+    assert md["model"] == "gpt-4o-mini"
+    assert md["tool_calls"] == (0 if stream else 1)
+    # gpt-4o-mini is a known model: the expense is priced, not left unknown
+    assert md["cost_usd"] is not None and md["cost_usd"] > 0
+
+    assert connections, "the crew reached its LLM through a socket"
+    for address in connections:
+        host = address[0] if isinstance(address, tuple) else address
+        assert str(host) in {"127.0.0.1", "localhost", "::1"}, f"connected to {address!r}"

@@ -1,0 +1,423 @@
+"""Framework-free assembly of CrewAI events into keito runs (one run per kickoff).
+
+The CrewAI adapter turns each bus event into a plain `CrewEvent` and feeds it to `KickoffAssembler`;
+nothing here imports crewai, so the logic is tested with hand-made events in any order.
+
+The bus hands events to a thread pool, so they arrive out of order: an LLM call can complete
+before its start is seen, and a kickoff can end before the completions of its last calls are
+handled (CrewAI drains its bus before `crew_kickoff_completed`, but not before
+`crew_kickoff_failed` nor before the end of an `Agent.kickoff`). Everything is therefore keyed by
+ids: a kickoff by the `event_id` of its start event (`CrewEvent.key`), a call by its `call_id`, a
+tool use by its `started_event_id`. An end that is not `settled` (events emitted before it may
+still be unhandled) waits for `settled(key)`, which the adapter calls once the bus has drained;
+a kickoff also waits for the completions of its calls still open. `settle_timeout` bounds both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..adapters import Run, begin_run, end_run, get_session, guard
+
+_log = logging.getLogger("keito_instrument")
+
+MAX_OPEN_KICKOFFS = 10_000
+MAX_FINISHED_KEYS = 4_096  # remembered so late events of a finished kickoff are not a new kickoff
+MAX_IDS_PER_KICKOFF = 20_000
+MAX_LABEL = 60
+
+KICKOFF_STARTED = "kickoff_started"
+KICKOFF_COMPLETED = "kickoff_completed"
+KICKOFF_FAILED = "kickoff_failed"
+LLM_STARTED = "llm_started"
+LLM_COMPLETED = "llm_completed"
+LLM_FAILED = "llm_failed"
+TOOL_FINISHED = "tool_finished"
+TOOL_FAILED = "tool_failed"
+TASK_FAILED = "task_failed"
+ENDING = frozenset({KICKOFF_COMPLETED, KICKOFF_FAILED})
+
+
+@dataclass(frozen=True)
+class CrewEvent:
+    """One bus event, reduced to what billing needs.
+
+    Attributes:
+        kind: One of the module's kind constants (`LLM_COMPLETED`, ...).
+        key: The `event_id` of the start event of the innermost kickoff this event belongs to.
+        outer: The key of the enclosing kickoff, for a kickoff started inside another one.
+        session_id: An explicit session to bill the kickoff to (crew inputs or per-crew settings).
+        caller_session: The keito session open in the kickoff caller's context, if any.
+        options: `begin_run` options (project_id, task_id, agent_id, metadata, ...).
+        item_id: The call id (LLM events) or start event id (tool events) used to count once.
+        usage: The provider-shaped usage dict of a completed LLM call.
+        settled: For an end event: every event emitted before it has already been handled.
+    """
+
+    kind: str
+    key: str
+    outer: str | None = None
+    session_id: str | None = None
+    caller_session: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    item_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: Mapping[str, Any] | None = None
+    agent: str | None = None
+    task: str | None = None
+    error: str | None = None
+    settled: bool = True
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token counts of one call in keito's convention (input includes cache, output reasoning)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _int(usage: Mapping[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+    return None
+
+
+def _detail(usage: Mapping[str, Any], parent: str, name: str) -> int | None:
+    details = usage.get(parent)
+    if isinstance(details, Mapping):
+        return _int(details, name)
+    value = getattr(details, name, None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def tokens_from_usage(usage: Mapping[str, Any] | None) -> Tokens | None:
+    """Map a CrewAI provider usage dict to keito's token buckets; None when it holds no counts.
+
+    CrewAI's native providers report OpenAI-shaped keys (`prompt_tokens` including cached tokens,
+    `completion_tokens` including reasoning; LiteLLM too), Gemini's (`prompt_token_count`,
+    `candidates_token_count` without thoughts), already-normalised Anthropic ones, or Bedrock's
+    Converse usage (`inputTokens` beside `cacheReadInputTokens`). Raw Anthropic and Bedrock
+    input counts exclude cache reads and writes, so the cache parts are added back.
+    """
+    if not usage:
+        return None
+    cache_read = _int(usage, "cached_prompt_tokens", "cached_tokens", "cache_read_tokens")
+    raw_cache_read = _int(usage, "cache_read_input_tokens", "cacheReadInputTokens")
+    if cache_read is None:
+        cache_read = raw_cache_read
+    if cache_read is None:
+        cache_read = _detail(usage, "prompt_tokens_details", "cached_tokens")
+    cache_write = _int(usage, "cache_creation_tokens", "cache_write_tokens")
+    raw_cache_write = _int(usage, "cache_creation_input_tokens", "cacheWriteInputTokens")
+    if cache_write is None:
+        cache_write = raw_cache_write
+    reasoning = _int(usage, "reasoning_tokens", "thoughts_token_count")
+    if reasoning is None:
+        reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+    prompt = _int(usage, "prompt_tokens", "prompt_token_count")
+    if prompt is None:
+        # Anthropic's `input_tokens` and Bedrock's `inputTokens` exclude cache reads and writes,
+        # unless crewai already added them (it then reports `cached_prompt_tokens`).
+        prompt = _int(usage, "input_tokens", "inputTokens")
+        exclusive = (raw_cache_read is not None or raw_cache_write is not None) and (
+            "cached_prompt_tokens" not in usage and "cache_creation_tokens" not in usage
+        )
+        if prompt is not None and exclusive:
+            prompt += (raw_cache_read or 0) + (raw_cache_write or 0)
+    completion = _int(usage, "completion_tokens", "output_tokens", "outputTokens")
+    if completion is None:
+        candidates = _int(usage, "candidates_token_count")
+        if candidates is not None:
+            completion = candidates + (reasoning or 0)  # Gemini counts thoughts apart from candidates
+    if prompt is None and completion is None:
+        return None
+    return Tokens(
+        input_tokens=prompt or 0,
+        output_tokens=completion or 0,
+        cache_read_tokens=cache_read or 0,
+        cache_write_tokens=cache_write or 0,
+        reasoning_tokens=reasoning or 0,
+    )
+
+
+def _label(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = " ".join(value.split())
+    return value if len(value) <= MAX_LABEL else value[: MAX_LABEL - 1] + "…"
+
+
+class _Kickoff:
+    __slots__ = ("created", "done", "end_error", "ending", "open_calls", "run", "timer", "unsettled")
+
+    def __init__(self, run: Run | None) -> None:
+        self.run = run
+        self.created = time.monotonic()
+        self.open_calls: set[str] = set()
+        self.done: set[str] = set()
+        self.ending = False
+        self.unsettled = False
+        self.end_error: str | None = None
+        self.timer: threading.Timer | None = None
+
+
+class KickoffAssembler:
+    """Turns a stream of `CrewEvent`s (any order, any thread) into keito runs and usage.
+
+    Every method runs on the caller's thread (a CrewAI handler thread), takes one short lock and
+    does O(1) work; the only I/O is the ledger write when a kickoff's session ends.
+
+    Args:
+        settle_timeout: How long a kickoff that has ended waits for the completions of its open
+            LLM calls before its run is closed anyway.
+        framework: The `framework` recorded on sessions the assembler opens.
+        begin: Opens a run (defaults to `keito_instrument.adapters.begin_run`).
+        on_unsettled: Called with a kickoff's key when its end is not settled; it must arrange
+            for `settled(key)` to be called once earlier events are handled. By default the
+            end is taken as settled after `linger` seconds.
+        linger: The default wait for an unsettled end.
+    """
+
+    def __init__(
+        self,
+        settle_timeout: float = 5.0,
+        framework: str = "crewai",
+        begin: Callable[..., Run | None] = begin_run,
+        on_unsettled: Callable[[str], None] | None = None,
+        linger: float = 0.05,
+    ) -> None:
+        self.settle_timeout = settle_timeout
+        self.on_unsettled = on_unsettled
+        self.linger = linger
+        self.framework = framework
+        self._begin = begin
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, _Kickoff] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._idle = threading.Condition(self._lock)
+        self._ending = 0  # kickoffs closed whose sessions are still being written
+        self.late_events = 0  # events that arrived after their kickoff was closed (not billed)
+        _reset_at_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent bills its kickoffs; the child starts empty, with a lock no thread holds.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._open = OrderedDict()
+        self._ending = 0
+
+    # -- feeding ----------------------------------------------------------------------------------
+    def feed(self, event: CrewEvent) -> None:
+        """Apply one event. Never raises."""
+        with guard(f"crewai {event.kind}"):
+            self._feed(event)
+
+    def _feed(self, event: CrewEvent) -> None:
+        to_end: list[_Kickoff] = []
+        wait_settle = False
+        with self._lock:
+            kickoff = self._kickoff(event, to_end)
+            if kickoff is None:
+                self.late_events += 1
+                _log.debug("keito-instrument: crewai %s after its kickoff ended; not billed", event.kind)
+            else:
+                if event.kind in ENDING:
+                    self._mark_end(event, kickoff)
+                else:
+                    self._apply(event, kickoff)  # (a bug in here must not keep the kickoff open)
+                if kickoff.ending and not kickoff.open_calls and not kickoff.unsettled:
+                    self._close(event.key, kickoff, to_end)
+                elif event.kind in ENDING:
+                    wait_settle = kickoff.unsettled
+                    if not wait_settle or self.on_unsettled is None:
+                        self._start_timer(event.key, kickoff)
+        for done in to_end:  # outside the lock: ending a session writes to the ledger
+            self._end(done)
+        if wait_settle:
+            if self.on_unsettled is not None:
+                self.on_unsettled(event.key)
+            else:
+                timer = threading.Timer(self.linger, self.settled, (event.key,))
+                timer.daemon = True
+                timer.start()
+
+    def settled(self, key: str) -> None:
+        """Every event emitted before the end of kickoff `key` has now been handled."""
+        with guard("crewai settled"):
+            to_end: list[_Kickoff] = []
+            with self._lock:
+                kickoff = self._open.get(key)
+                if kickoff is not None:
+                    kickoff.unsettled = False
+                    if kickoff.ending and not kickoff.open_calls:
+                        self._close(key, kickoff, to_end)
+                    elif kickoff.ending:
+                        self._start_timer(key, kickoff)  # calls still open: wait, but not forever
+            for done in to_end:
+                self._end(done)
+
+    def _start_timer(self, key: str, kickoff: _Kickoff) -> None:
+        # Only kickoffs that end with calls still open (rare) cost a timer thread.
+        if kickoff.timer is None:
+            kickoff.timer = threading.Timer(self.settle_timeout, self._expire, (key,))
+            kickoff.timer.daemon = True
+            kickoff.timer.start()
+
+    def _kickoff(self, event: CrewEvent, to_end: list[_Kickoff]) -> _Kickoff | None:
+        kickoff = self._open.get(event.key)
+        if kickoff is not None:
+            return kickoff
+        if event.key in self._finished:
+            return None
+        # The first event seen for a kickoff opens its run, whatever its kind: `Agent.kickoff`
+        # does not wait for its start handlers, so a call may be handled before the start.
+        # (Opening a run is O(1) in the core; rarely it also ends an evicted or idle session.)
+        kickoff = _Kickoff(self._begin_run(event))
+        self._open[event.key] = kickoff
+        while len(self._open) > MAX_OPEN_KICKOFFS:
+            old_key, old = self._open.popitem(last=False)
+            _log.warning("keito-instrument: too many open CrewAI kickoffs; closing the oldest")
+            self._close(old_key, old, to_end, remove=False)
+        return kickoff
+
+    def _begin_run(self, event: CrewEvent) -> Run | None:
+        session_id = event.session_id
+        if session_id is None and event.outer is not None:
+            outer = self._open.get(event.outer)
+            if outer is not None and outer.run is not None:
+                session_id = outer.run.session_id  # a kickoff inside a kickoff joins its session
+        caller = event.caller_session
+        if session_id is None and caller is not None and get_session(caller) is not None:
+            session_id = caller
+        options = {"framework": self.framework, **event.options}
+        return self._begin(session_id, join_current=False, **options)
+
+    def _apply(self, event: CrewEvent, kickoff: _Kickoff) -> None:
+        kind, item = event.kind, event.item_id
+        session = kickoff.run.session if kickoff.run is not None else None
+        if kind == LLM_STARTED:
+            bounded = len(kickoff.open_calls) < MAX_IDS_PER_KICKOFF
+            if item is not None and item not in kickoff.done and bounded:
+                kickoff.open_calls.add(item)
+            return
+        if item is not None:
+            if item in kickoff.done:
+                return  # the same call or tool use reported twice
+            kickoff.open_calls.discard(item)
+            if len(kickoff.done) < MAX_IDS_PER_KICKOFF:
+                kickoff.done.add(item)
+        if session is None:
+            return
+        if kind == LLM_COMPLETED:
+            self._record_call(event, session)
+        elif kind in (LLM_FAILED, TASK_FAILED):
+            session.record_error()
+        elif kind in (TOOL_FINISHED, TOOL_FAILED):
+            session.record_tool_call()
+            if kind == TOOL_FAILED:
+                session.record_error()
+
+    @staticmethod
+    def _mark_end(event: CrewEvent, kickoff: _Kickoff) -> None:
+        kickoff.ending = True
+        kickoff.unsettled = not event.settled
+        if event.kind == KICKOFF_FAILED:
+            kickoff.end_error = event.error or "kickoff failed"
+
+    @staticmethod
+    def _record_call(event: CrewEvent, session: Any) -> None:
+        tokens = tokens_from_usage(event.usage)
+        breakdown = {k: v for k, v in (("agent", _label(event.agent)), ("task", _label(event.task))) if v}
+        session.record_llm_call(
+            event.model or "unknown",
+            event.provider,
+            input_tokens=tokens.input_tokens if tokens else 0,
+            output_tokens=tokens.output_tokens if tokens else 0,
+            cache_read_tokens=tokens.cache_read_tokens if tokens else 0,
+            cache_write_tokens=tokens.cache_write_tokens if tokens else 0,
+            reasoning_tokens=tokens.reasoning_tokens if tokens else 0,
+            usage_missing=tokens is None,
+            call_id=event.item_id,
+            breakdown=breakdown or None,
+        )
+
+    # -- closing ----------------------------------------------------------------------------------
+    def _close(self, key: str, kickoff: _Kickoff, to_end: list[_Kickoff], remove: bool = True) -> None:
+        if remove:
+            self._open.pop(key, None)
+        self._finished[key] = None
+        while len(self._finished) > MAX_FINISHED_KEYS:
+            self._finished.popitem(last=False)
+        if kickoff.timer is not None:
+            kickoff.timer.cancel()
+        to_end.append(kickoff)
+        self._ending += 1
+
+    def _end(self, kickoff: _Kickoff) -> None:
+        try:
+            error = RuntimeError(kickoff.end_error) if kickoff.end_error is not None else None
+            end_run(kickoff.run, error)
+        finally:
+            with self._lock:
+                self._ending -= 1
+                if not self._open and not self._ending:
+                    self._idle.notify_all()
+
+    def _expire(self, key: str) -> None:
+        with guard("crewai settle timeout"):
+            to_end: list[_Kickoff] = []
+            with self._lock:
+                kickoff = self._open.get(key)
+                if kickoff is not None:
+                    if kickoff.open_calls:
+                        _log.debug("keito-instrument: %d CrewAI call(s) never ended", len(kickoff.open_calls))
+                    self._close(key, kickoff, to_end)
+            for done in to_end:
+                self._end(done)
+
+    def close_all(self) -> int:
+        """Close every open kickoff now (used by `uninstrument()`); returns how many."""
+        to_end: list[_Kickoff] = []
+        with self._lock:
+            for key, kickoff in list(self._open.items()):
+                self._close(key, kickoff, to_end)
+        for done in to_end:
+            self._end(done)
+        return len(to_end)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no kickoff is open (their sessions are then in the ledger); False on timeout."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._open and not self._ending, timeout=timeout)
+
+    @property
+    def open_kickoffs(self) -> int:
+        """How many kickoffs are being assembled."""
+        return len(self._open)
+
+
+def _reset_at_fork(assembler: KickoffAssembler) -> None:
+    ref = weakref.ref(assembler)  # the hook must not keep the assembler alive
+
+    def child() -> None:
+        target = ref()
+        if target is not None:
+            target._after_fork_in_child()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=child)

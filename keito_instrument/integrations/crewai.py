@@ -1,0 +1,330 @@
+"""CrewAI integration: every crew kickoff (and `Agent.kickoff`) becomes a billable session.
+
+    from keito_instrument.integrations import crewai as keito_crewai
+
+    keito_crewai.instrument(project_id="p1", task_id="t1")   # once, before or after building crews
+    crew.kickoff(inputs={...})                                # one session: time entry + LLM expense
+
+Sessions: a kickoff's interval runs from its start event to its completed or failed event. A
+kickoff inside an open keito session (`@track_agent`, `keito.session()`) joins it; a kickoff inside
+another kickoff joins the outer one's session. Per-crew settings come from `instrument(crew=...)`
+or from the crew's inputs (`keito_session_id`, `keito_project_id`, `keito_task_id`,
+`keito_agent_id`), which a `@before_kickoff` hook may also set.
+
+Usage is summed from each `llm_call_completed` event, once per `call_id`, never from the crew's
+cumulative `usage_metrics` (they double count an LLM instance shared by agents and accumulate
+across kickoffs). Tool uses are counted; failed LLM calls, failed tasks and a failed kickoff count
+as errors, and a failed kickoff still bills what it spent.
+
+Threading contract: CrewAI runs our handlers on its handler thread pool, in any order. Each
+handler reads the event (and CrewAI's event scope, which the bus copies into the handler's
+context) on that thread, feeds a `CrewEvent` to the framework-free `KickoffAssembler`, does O(1)
+work under one short lock and never raises into CrewAI. crewai itself is imported only when
+`instrument()` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from keito_instrument.adapters import current_session, guard, missing_extra
+
+from ._crewai_events import (
+    KICKOFF_COMPLETED,
+    KICKOFF_FAILED,
+    KICKOFF_STARTED,
+    LLM_COMPLETED,
+    LLM_FAILED,
+    LLM_STARTED,
+    TASK_FAILED,
+    TOOL_FAILED,
+    TOOL_FINISHED,
+    CrewEvent,
+    KickoffAssembler,
+)
+
+__all__ = ["KeitoCrewListener", "instrument", "is_instrumented", "uninstrument"]
+
+_log = logging.getLogger("keito_instrument")
+
+# Crew input keys that set the kickoff's session (they are ordinary inputs to crewai).
+INPUT_KEYS = {
+    "keito_session_id": "session_id",
+    "keito_project_id": "project_id",
+    "keito_task_id": "task_id",
+    "keito_agent_id": "agent_id",
+}
+_ROOTS = frozenset({"crew_kickoff_started", "lite_agent_execution_started"})
+OPTIONS = frozenset(
+    {"project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable", "notes"}
+    | {"metadata"}
+)
+
+# event class name -> our kind; resolved to classes when the listener is installed.
+_EVENTS = {
+    "CrewKickoffStartedEvent": KICKOFF_STARTED,
+    "CrewKickoffCompletedEvent": KICKOFF_COMPLETED,
+    "CrewKickoffFailedEvent": KICKOFF_FAILED,
+    "LiteAgentExecutionStartedEvent": KICKOFF_STARTED,
+    "LiteAgentExecutionCompletedEvent": KICKOFF_COMPLETED,
+    "LiteAgentExecutionErrorEvent": KICKOFF_FAILED,
+    "LLMCallStartedEvent": LLM_STARTED,
+    "LLMCallCompletedEvent": LLM_COMPLETED,
+    "LLMCallFailedEvent": LLM_FAILED,
+    "ToolUsageFinishedEvent": TOOL_FINISHED,
+    "ToolUsageErrorEvent": TOOL_FAILED,
+    "TaskFailedEvent": TASK_FAILED,
+}
+
+
+def _scope_reader() -> Callable[[], tuple[tuple[str, str], ...]] | None:
+    # CrewAI keeps the stack of open event scopes in a context variable and runs each handler in
+    # a copy of the emitter's context, so a handler can see which kickoff its event belongs to.
+    try:
+        from crewai.events.event_context import _event_id_stack
+    except ImportError:  # pragma: no cover - a crewai without event scopes
+        return None
+    return _event_id_stack.get
+
+
+class KeitoCrewListener:
+    """An event-bus listener that bills CrewAI kickoffs. Create it through `instrument()`.
+
+    Args:
+        settle_timeout: Seconds a finished kickoff waits for LLM completions still in flight.
+        **options: Session settings for every kickoff (project_id, task_id, agent_id, billable,
+            notes, metadata, expense_category_id).
+    """
+
+    def __init__(self, settle_timeout: float = 5.0, **options: Any) -> None:
+        self.assembler = KickoffAssembler(settle_timeout=settle_timeout, on_unsettled=self._drain_then_settle)
+        self.session_id: str | None = None
+        self.options: dict[str, Any] = {}
+        self.set_options(**options)
+        self._crews: dict[str, dict[str, Any]] = {}  # str(crew.id) -> settings for that crew
+        self._lock = threading.Lock()
+        self._kinds: dict[type[Any], str] = {}
+        self._bus: Any = None
+        self._scopes = _scope_reader()
+
+    # -- installation -----------------------------------------------------------------------------
+    def install(self) -> None:
+        """Register the handlers on `crewai_event_bus` (imports crewai)."""
+        try:
+            from crewai import events
+        except ImportError as exc:
+            raise missing_extra("CrewAI", "crewai") from exc
+        kinds = {getattr(events, name): kind for name, kind in _EVENTS.items()}
+        if "usage" not in getattr(events.LLMCallCompletedEvent, "model_fields", {"usage": None}):
+            _log.warning(
+                "keito-instrument: this CrewAI's LLM events carry no token usage (crewai >= 1.13 does); "
+                "LLM calls are counted without tokens"
+            )
+        with self._lock:
+            if self._bus is not None:
+                return
+            self._bus, self._kinds = events.crewai_event_bus, kinds
+            for cls in kinds:
+                self._bus.register_handler(cls, self._handle)
+
+    def uninstall(self) -> None:
+        """Unregister every handler and close the kickoffs still open (they bill what they spent)."""
+        with self._lock:
+            bus, self._bus = self._bus, None
+            if bus is not None:
+                for cls in self._kinds:
+                    bus.off(cls, self._handle)
+        self.assembler.close_all()
+
+    @property
+    def installed(self) -> bool:
+        """Whether the handlers are registered on the bus."""
+        return self._bus is not None
+
+    def set_options(self, session_id: str | None = None, **options: Any) -> None:
+        """Session settings for every kickoff without settings of its own."""
+        _check(options)
+        self.session_id, self.options = session_id, dict(options)
+
+    def configure_crew(self, crew: Any, **options: Any) -> None:
+        """Session settings for one crew object (`session_id=` included); copies are not covered."""
+        _check({k: v for k, v in options.items() if k != "session_id"})
+        with self._lock:
+            self._crews[str(crew.id)] = dict(options)
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Wait until every kickoff seen so far is closed and its session stored (tests, scripts).
+
+        CrewAI's `kickoff()` may return before its completion handlers ran, so call
+        `crewai_event_bus.flush()` first. Returns False on timeout.
+        """
+        return self.assembler.wait_idle(timeout)
+
+    # -- the handler ------------------------------------------------------------------------------
+    def _handle(self, source: Any, event: Any) -> None:
+        with guard("crewai event"):
+            kind = self._kinds.get(type(event))
+            if kind is None:
+                return
+            built = self._event(kind, source, event)
+            if built is not None:
+                self.assembler.feed(built)
+
+    def _event(self, kind: str, source: Any, event: Any) -> CrewEvent | None:
+        roots = self._roots()
+        if kind == KICKOFF_STARTED:
+            key: str | None = event.event_id
+        elif kind in (KICKOFF_COMPLETED, KICKOFF_FAILED):
+            key = event.started_event_id or getattr(source, "_kickoff_event_id", None)
+        else:
+            key = roots[-1] if roots else None  # None: not inside a kickoff (a bare `llm.call()`)
+        if key is None:
+            return None
+        # Any event may be the first one handled for its kickoff, so each carries what is needed
+        # to open its run: the enclosing kickoff, and the keito session of the kickoff's caller
+        # (the bus runs handlers in a copy of the emitter's context, so it is visible here).
+        outer = next((root for root in reversed(roots) if root != key), None)
+        caller = current_session()
+        base: dict[str, Any] = {
+            "outer": outer,
+            "session_id": self.session_id,
+            "caller_session": caller.session_id if caller else None,
+            "options": self.options,
+        }
+        if kind == KICKOFF_STARTED:
+            base.update(self._start_settings(source, event))
+            return CrewEvent(kind, key, **base)
+        if kind in (KICKOFF_COMPLETED, KICKOFF_FAILED):
+            error = getattr(event, "error", None) if kind == KICKOFF_FAILED else None
+            # CrewAI drains its bus right before `crew_kickoff_completed`; every other end may
+            # overtake the handling of the kickoff's last events.
+            settled = kind == KICKOFF_COMPLETED and type(event).__name__ == "CrewKickoffCompletedEvent"
+            return CrewEvent(kind, key, error=_text(error), settled=settled, **base)
+        if kind in (LLM_STARTED, LLM_COMPLETED, LLM_FAILED):
+            return CrewEvent(
+                kind,
+                key,
+                item_id=getattr(event, "call_id", None),
+                model=getattr(event, "model", None),
+                provider=_text(getattr(source, "provider", None)),
+                usage=getattr(event, "usage", None) if kind == LLM_COMPLETED else None,
+                agent=getattr(event, "agent_role", None),
+                task=getattr(event, "task_name", None),
+                **base,
+            )
+        if kind in (TOOL_FINISHED, TOOL_FAILED):
+            return CrewEvent(kind, key, item_id=event.started_event_id or event.event_id, **base)
+        return CrewEvent(kind, key, item_id=event.event_id, **base)
+
+    def _start_settings(self, source: Any, event: Any) -> dict[str, Any]:
+        """Session id and options of a kickoff: per-crew settings, then crew inputs, win."""
+        options = dict(self.options)
+        session_id = self.session_id
+        crew_name = getattr(event, "crew_name", None)
+        if crew_name is not None or hasattr(source, "tasks"):
+            options.setdefault("agent_type", "crew")
+            crew_settings = self._crews.get(str(getattr(source, "id", "")))
+            if crew_settings:
+                options.update(crew_settings)
+                session_id = options.pop("session_id", session_id)
+            inputs = getattr(event, "inputs", None)
+            if isinstance(inputs, Mapping):
+                for name, option in INPUT_KEYS.items():
+                    if inputs.get(name) is not None:
+                        options[option] = str(inputs[name])
+                session_id = options.pop("session_id", session_id)
+            label = {"crewai_crew": str(crew_name)[:60]} if crew_name else {}
+        else:
+            options.setdefault("agent_type", "agent")
+            role = getattr(source, "role", None)
+            label = {"crewai_agent": str(role)[:60]} if role else {}
+        if label:
+            options["metadata"] = {**label, **(options.get("metadata") or {})}
+        return {"session_id": session_id, "options": options}
+
+    def _drain_then_settle(self, key: str) -> None:
+        # Runs in a CrewAI handler: waiting for the bus there would wait for ourselves, so a
+        # short-lived thread waits for every handler queued so far, then settles the kickoff.
+        bus = self._bus
+        if bus is None:
+            self.assembler.settled(key)
+            return
+        timeout = self.assembler.settle_timeout
+
+        def drain() -> None:
+            with guard("crewai drain"):
+                bus.flush(timeout=timeout)
+            self.assembler.settled(key)
+
+        threading.Thread(target=drain, name="keito-crewai-settle", daemon=True).start()
+
+    def _roots(self) -> tuple[str, ...]:
+        if self._scopes is None:
+            return ()
+        return tuple(event_id for event_id, kind in self._scopes() if kind in _ROOTS)
+
+
+def _check(options: Mapping[str, Any]) -> None:
+    # A misspelt option would otherwise fail inside a handler, where errors are only logged.
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown keito session option(s) {unknown}; expected some of {sorted(OPTIONS)}")
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+_listener: KeitoCrewListener | None = None
+_install_lock = threading.Lock()
+
+
+def instrument(crew: Any = None, *, settle_timeout: float | None = None, **options: Any) -> KeitoCrewListener:
+    """Bill every CrewAI kickoff in this process; returns the (single) listener.
+
+    Calling it again with settings replaces the defaults; without any (as `keito.instrument()`
+    does) it keeps them. With `crew=`, the settings (including `session_id=`) apply to that crew
+    object only.
+
+    Args:
+        crew: A `Crew` whose kickoffs get these settings instead of the defaults.
+        settle_timeout: Seconds a finished kickoff waits for LLM completions still in flight
+            (default 5).
+        **options: session_id, project_id, task_id, agent_id, agent_type, billable, notes,
+            metadata, expense_category_id.
+
+    Raises:
+        ImportError: crewai is not installed (the message names the pip extra).
+        TypeError: an unknown option.
+    """
+    global _listener
+    with _install_lock:
+        listener = _listener
+        if listener is None:
+            listener = KeitoCrewListener()
+        if crew is not None:
+            listener.configure_crew(crew, **options)
+        elif options:
+            listener.set_options(**options)
+        if settle_timeout is not None:
+            listener.assembler.settle_timeout = settle_timeout
+        listener.install()
+        _listener = listener
+    return listener
+
+
+def uninstrument() -> None:
+    """Remove the listener from the CrewAI event bus; open kickoffs are closed and billed."""
+    global _listener
+    with _install_lock:
+        listener, _listener = _listener, None
+    if listener is not None:
+        listener.uninstall()
+
+
+def is_instrumented() -> bool:
+    """Whether `instrument()` is in effect."""
+    return _listener is not None and _listener.installed
