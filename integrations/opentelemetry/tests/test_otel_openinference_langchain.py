@@ -1,0 +1,121 @@
+"""Acceptance: a real instrumentor's spans (OpenInference over LangChain) bill what LangChain itself counts.
+
+The reference is langchain-core's own `UsageMetadataCallbackHandler` on the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _otel_fakes import Otel, make_otel
+from langchain_core.callbacks import UsageMetadataCallbackHandler
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableLambda
+from openinference.instrumentation.langchain import LangChainInstrumentor
+
+from keito_instrument._spool import Spool
+
+
+class FakeOpenAIChat(GenericFakeChatModel):
+    """GenericFakeChatModel that names its model and provider the way ChatOpenAI does."""
+
+    model_name: str = "gpt-4o-mini"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "openai"
+        params["ls_model_name"] = self.model_name
+        return params
+
+
+def reply(inp: int, out: int, cache_read: int = 0, reasoning: int = 0) -> AIMessage:
+    meta: dict[str, Any] = {
+        "input_tokens": inp,
+        "output_tokens": out,
+        "total_tokens": inp + out,
+        "input_token_details": {"cache_read": cache_read},
+        "output_token_details": {"reasoning": reasoning},
+    }
+    return AIMessage(content="fine", usage_metadata=meta, response_metadata={"model_name": "gpt-4o-mini"})
+
+
+@pytest.fixture
+def instrumented() -> Iterator[Otel]:
+    setup = make_otel(agent_id="lc-otel")
+    instrumentor = LangChainInstrumentor()
+    instrumentor.instrument(tracer_provider=setup.provider)
+    try:
+        yield setup
+    finally:
+        instrumentor.uninstrument()
+        setup.provider.shutdown()
+
+
+def test_same_totals_as_langchain_usage_handler(instrumented: Otel, ledger: Spool) -> None:
+    replies = [reply(1200, 300, cache_read=1000, reasoning=120), reply(800, 90), reply(50, 7, reasoning=3)]
+    model = FakeOpenAIChat(messages=iter(replies))
+
+    def agent(question: str) -> str:
+        first = model.invoke(question)
+        second = model.invoke(f"{question} {first.content}")
+        return str(model.invoke(str(second.content)).content)
+
+    chain = RunnableLambda(agent) | RunnableLambda(lambda text: text.upper())
+    handler = UsageMetadataCallbackHandler()
+    assert chain.invoke("why?", config={"callbacks": [handler]}) == "FINE"
+
+    expected = handler.usage_metadata["gpt-4o-mini"]
+    [row] = ledger.sessions()
+    [usage] = ledger.usage()
+    assert row["llm_calls"] == 3 and row["framework"] == "otel" and row["agent_id"] == "lc-otel"
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        expected["input_tokens"],
+        expected["output_tokens"],
+    )
+    assert usage["model"] == "gpt-4o-mini" and usage["provider"] == "openai"
+    assert usage["cache_read_tokens"] == expected["input_token_details"]["cache_read"]
+    assert usage["reasoning_tokens"] == expected["output_token_details"]["reasoning"]
+    assert row["cost_usd"] is not None and row["cost_usd"] > 0
+    # The chain spans repeated nothing: OpenInference marked them CHAIN and they carried no extra usage.
+    kinds = [
+        (s.attributes or {}).get("openinference.span.kind")
+        for s in instrumented.exported.get_finished_spans()
+    ]
+    assert kinds.count("LLM") == 3 and "CHAIN" in kinds
+    assert instrumented.processor.open_traces == 0
+
+
+def test_each_top_level_invoke_is_its_own_session(instrumented: Otel, ledger: Spool) -> None:
+    model = FakeOpenAIChat(messages=iter([reply(10, 1), reply(20, 2)]))
+    handler = UsageMetadataCallbackHandler()
+    model.invoke("a", config={"callbacks": [handler]})
+    model.invoke("b", config={"callbacks": [handler]})
+    rows = ledger.sessions()
+    assert len(rows) == 2
+    assert sum(r["input_tokens"] for r in rows) == handler.usage_metadata["gpt-4o-mini"]["input_tokens"] == 30
+
+
+async def test_concurrent_async_runs_match_the_handler(instrumented: Otel, ledger: Spool) -> None:
+    model = FakeOpenAIChat(messages=iter([reply(100 + n, 10 + n, cache_read=n) for n in range(8)]))
+
+    async def agent(question: str) -> str:
+        first = await model.ainvoke(question)
+        return str((await model.ainvoke(str(first.content))).content)
+
+    chain = RunnableLambda(agent)
+    handler = UsageMetadataCallbackHandler()
+    await asyncio.gather(*(chain.ainvoke(f"q{n}", config={"callbacks": [handler]}) for n in range(4)))
+
+    expected = handler.usage_metadata["gpt-4o-mini"]
+    rows = ledger.sessions()
+    assert len(rows) == 4 and all(r["llm_calls"] == 2 for r in rows)  # one trace, one session, per run
+    assert sum(r["input_tokens"] for r in rows) == expected["input_tokens"] == sum(100 + n for n in range(8))
+    assert sum(r["output_tokens"] for r in rows) == expected["output_tokens"]
+    cache_read = sum(u["cache_read_tokens"] for u in ledger.usage())
+    assert cache_read == expected["input_token_details"]["cache_read"]
+    assert instrumented.processor.open_traces == 0
