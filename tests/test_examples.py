@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_example(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KEITO_LEDGER": str(tmp_path / "ledger.sqlite3"), "CREWAI_DISABLE_TELEMETRY": "true",
-           "OTEL_SDK_DISABLED": "true"}
+    env = {**os.environ, "KEITO_LEDGER": str(tmp_path / "ledger.sqlite3"), "CREWAI_DISABLE_TELEMETRY": "true"}
     for var in ("KEITO_API_KEY", "KEITO_ACCOUNT_ID"):
         env.pop(var, None)
     return subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True,
