@@ -83,6 +83,10 @@ class Spool:
         self.path = Path(path).expanduser()
         self._local = threading.local()
         self._schema_lock = threading.Lock()
+        # Writers of one process queue on this lock, which wakes the next one the moment it is
+        # free, rather than on SQLite's busy handler, which polls with sleeps of up to 100 ms and
+        # is unfair; SQLite's own lock then only arbitrates between processes.
+        self._write_lock = threading.RLock()
         self._ready_pid = -1
 
     def connect(self) -> sqlite3.Connection:
@@ -106,16 +110,34 @@ class Spool:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across threads and processes."""
+    def transaction(self, busy_timeout: float | None = None) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across threads and processes.
+
+        `busy_timeout` (seconds; None: 30 s) bounds the whole wait for the write lock, whether
+        another thread of this process or another process holds it; past it
+        `sqlite3.OperationalError` is raised and nothing is written.
+        """
         conn = self.connect()
-        conn.execute("BEGIN IMMEDIATE")
+        start = time.monotonic()
+        if not self._write_lock.acquire(timeout=-1 if busy_timeout is None else busy_timeout):
+            raise sqlite3.OperationalError("database is locked (by another thread of this process)")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            if busy_timeout is not None:
+                left = max(0.0, busy_timeout - (time.monotonic() - start))
+                conn.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                if busy_timeout is not None:
+                    conn.execute("PRAGMA busy_timeout=30000")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            self._write_lock.release()
 
     def append(self, built: Built, state: str, busy_timeout: float | None = None) -> None:
         """Store an ended session durably. Appending the same session twice changes nothing.
@@ -124,17 +146,7 @@ class Spool:
         `sqlite3.OperationalError` is raised and nothing is written.
         """
         now = time.time()
-        conn = self.connect()
-        if busy_timeout is not None:
-            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        try:
-            self._append(conn, built, state, now)
-        finally:
-            if busy_timeout is not None:
-                conn.execute("PRAGMA busy_timeout=30000")
-
-    def _append(self, conn: sqlite3.Connection, built: Built, state: str, now: float) -> None:
-        with self.transaction():
+        with self.transaction(busy_timeout) as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO records (record_id, kind, session_id, spent_date, project_id, path,"
                 " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -234,6 +246,7 @@ def _reset_locks_in_child() -> None:
     _spools_lock = threading.Lock()  # a parent thread may have held it at fork time
     for spool in _spools.values():
         spool._schema_lock = threading.Lock()
+        spool._write_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
