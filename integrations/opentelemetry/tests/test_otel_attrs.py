@@ -184,3 +184,77 @@ def test_is_genai() -> None:
     assert a.is_genai({"llm.model_name": "x"})
     assert a.is_genai({"gen_ai.system": "openai"})
     assert not a.is_genai({"http.route": "/chat", "session.id": "x"})
+
+
+# -- the names above, checked against the conventions' own published constants ------------------------
+# (the semantic-conventions packages installed beside the SDK), so a renamed attribute cannot go unseen.
+
+
+def test_attribute_names_are_the_published_ones() -> None:
+    from openinference.semconv.trace import SpanAttributes as OI
+    from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as G
+
+    assert a.INPUT_KEYS[:2] == (G.GEN_AI_USAGE_INPUT_TOKENS, G.GEN_AI_USAGE_PROMPT_TOKENS)
+    assert a.OUTPUT_KEYS[:2] == (G.GEN_AI_USAGE_OUTPUT_TOKENS, G.GEN_AI_USAGE_COMPLETION_TOKENS)
+    assert a.CACHE_READ_KEYS[0] == G.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS
+    assert a.CACHE_WRITE_KEYS[0] == G.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+    assert a.REASONING_KEYS[0] == G.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS
+    assert a.MODEL_KEYS[:2] == (G.GEN_AI_RESPONSE_MODEL, G.GEN_AI_REQUEST_MODEL)
+    assert a.PROVIDER_KEYS[:2] == (G.GEN_AI_PROVIDER_NAME, G.GEN_AI_SYSTEM)
+    assert G.GEN_AI_CONVERSATION_ID in a.SESSION_KEYS
+    assert OI.LLM_TOKEN_COUNT_PROMPT in a.INPUT_KEYS and OI.LLM_TOKEN_COUNT_COMPLETION in a.OUTPUT_KEYS
+    assert OI.LLM_TOKEN_COUNT_TOTAL in a.TOTAL_KEYS
+    assert OI.LLM_TOKEN_COUNT_PROMPT_DETAILS_CACHE_READ in a.CACHE_READ_KEYS
+    assert OI.LLM_TOKEN_COUNT_PROMPT_DETAILS_CACHE_WRITE in a.CACHE_WRITE_KEYS
+    assert OI.LLM_TOKEN_COUNT_COMPLETION_DETAILS_REASONING in a.REASONING_KEYS
+    assert OI.LLM_MODEL_NAME in a.MODEL_KEYS and OI.LLM_PROVIDER in a.PROVIDER_KEYS
+    assert OI.SESSION_ID in a.SESSION_KEYS
+
+
+def test_every_published_operation_and_span_kind_has_a_role() -> None:
+    from openinference.semconv.trace import OpenInferenceSpanKindValues
+    from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import GenAiOperationNameValues
+
+    roles = {op.value: a.classify({"gen_ai.operation.name": op.value}) for op in GenAiOperationNameValues}
+    assert a.OTHER not in roles.values()  # none falls through to OTHER (never counted)
+    assert {op for op, role in roles.items() if role == a.MODEL_CALL} == {
+        "chat",
+        "generate_content",
+        "text_completion",
+        "embeddings",
+    }
+    kinds = {k.value: a.classify({"openinference.span.kind": k.value}) for k in OpenInferenceSpanKindValues}
+    assert a.OTHER not in kinds.values()  # none falls through to OTHER (never counted)
+    assert {k for k, role in kinds.items() if role == a.MODEL_CALL} == {"LLM", "EMBEDDING"}
+
+
+# Published provider names with no provider in genai-prices 0.2.3 at all (priced by model name alone).
+_UNPRICED_PROVIDERS = {"ibm.watsonx.ai", "ollama", "oracle"}
+
+
+def test_every_published_provider_name_maps_to_a_pricing_provider() -> None:
+    from genai_prices import data
+    from openinference.semconv.trace import OpenInferenceLLMProviderValues, OpenInferenceLLMSystemValues
+    from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+        GenAiProviderNameValues,
+        GenAiSystemValues,
+    )
+
+    from keito_instrument._pricing import normalise_provider
+
+    known = {provider.id for provider in data.providers}
+    published = {
+        v.value
+        for values in (
+            GenAiProviderNameValues,
+            GenAiSystemValues,
+            OpenInferenceLLMProviderValues,
+            OpenInferenceLLMSystemValues,
+        )
+        for v in values
+    }
+    # Traceloop's display names, as OpenLLMetry's instrumentations write `gen_ai.system`.
+    published |= {"OpenAI", "Anthropic", "MistralAI", "Vertex AI", "Together AI", "AWS Bedrock", "Azure OpenAI"}
+    unmapped = {name for name in published if normalise_provider(a.provider_id(name)) not in known}
+    assert unmapped == _UNPRICED_PROVIDERS
+    assert set(a.PROVIDER_MAP.values()) <= known  # every mapping points at a real pricing provider

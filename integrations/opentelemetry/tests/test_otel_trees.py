@@ -38,6 +38,7 @@ def test_genai_semconv_tree_counts_only_model_calls(otel: Otel, ledger: Spool) -
                     "gen_ai.usage.input_tokens": 1000,
                     "gen_ai.usage.output_tokens": 200,
                     "gen_ai.usage.cache_read.input_tokens": 400,
+                    "gen_ai.usage.cache_creation.input_tokens": 100,
                     "gen_ai.usage.reasoning.output_tokens": 50,
                 }
             )
@@ -62,7 +63,7 @@ def test_genai_semconv_tree_counts_only_model_calls(otel: Otel, ledger: Spool) -
     assert (row["input_tokens"], row["output_tokens"]) == (3000, 500)
     assert row["framework"] == "otel" and row["agent_id"] == "otel-agent"
     meta = expense_meta(ledger, trace_hex)
-    assert (meta["cache_read_tokens"], meta["reasoning_tokens"]) == (400, 50)
+    assert (meta["cache_read_tokens"], meta["cache_write_tokens"], meta["reasoning_tokens"]) == (400, 100, 50)
     [usage] = ledger.usage()
     assert (usage["model"], usage["provider"]) == ("gpt-4o-2024-08-06", "openai")
     assert row["cost_usd"] is not None and row["cost_usd"] > 0
@@ -175,6 +176,89 @@ def test_older_semconv_names_and_unmarked_model_span(otel: Otel, ledger: Spool) 
     assert (row["llm_calls"], row["input_tokens"], row["output_tokens"]) == (2, 150, 15)
     providers = {(u["model"], u["provider"]) for u in ledger.usage()}
     assert ("gemini-2.5-flash", "google") in providers
+    assert row["cost_usd"] is not None and row["cost_usd"] > 0  # priced under the mapped provider id
+
+
+def test_provider_name_wins_over_the_older_system_attribute(otel: Otel, ledger: Spool) -> None:
+    # Instrumentations moving to the current conventions emit both names; the current one is read.
+    with otel.tracer.start_as_current_span("chat gpt-4o") as span:
+        span.set_attributes(
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "azure.ai.openai",
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": 1000,
+                "gen_ai.usage.output_tokens": 100,
+            }
+        )
+    [usage] = ledger.usage()
+    assert (usage["model"], usage["provider"]) == ("gpt-4o", "azure")
+    [row] = ledger.sessions()
+    assert row["cost_usd"] is not None and row["cost_usd"] > 0
+
+
+def test_crew_spans_never_add_their_totals(otel: Otel, ledger: Spool) -> None:
+    # The shape of OpenLLMetry's CrewAI instrumentation: crew workflow > task > agent > LLM call, where
+    # the crew and agent spans carry the totals of the calls under them and the LLM span has no kind.
+    tracer = otel.tracer
+    totals = {"gen_ai.usage.prompt_tokens": 900, "gen_ai.usage.completion_tokens": 90}
+    with tracer.start_as_current_span("crewai.workflow") as crew:
+        crew.set_attributes({"traceloop.span.kind": "workflow", "gen_ai.system": "crewai", **totals})
+        for task_name, calls in (("research", ((300, 30), (200, 20))), ("write", ((400, 40),))):
+            with (
+                tracer.start_as_current_span(f"{task_name}.task") as task,
+                tracer.start_as_current_span("Researcher.agent") as agent,
+            ):
+                task.set_attribute("traceloop.span.kind", "task")
+                agent.set_attributes(
+                    {
+                        "traceloop.span.kind": "agent",
+                        "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.usage.prompt_tokens": sum(c[0] for c in calls),
+                        "gen_ai.usage.completion_tokens": sum(c[1] for c in calls),
+                    }
+                )
+                for prompt, completion in calls:
+                    with tracer.start_as_current_span("gpt-4o-mini.llm") as llm:
+                        llm.set_attributes(
+                            {
+                                "gen_ai.system": "openai",
+                                "gen_ai.request.model": "gpt-4o-mini",
+                                "gen_ai.response.model": "gpt-4o-mini",
+                                "gen_ai.usage.prompt_tokens": prompt,
+                                "gen_ai.usage.completion_tokens": completion,
+                            }
+                        )
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["input_tokens"], row["output_tokens"]) == (3, 900, 90)
+    [usage] = ledger.usage()
+    assert (usage["model"], usage["provider"]) == ("gpt-4o-mini", "openai")
+
+
+def test_openinference_crew_tree_counts_the_leaf_calls(otel: Otel, ledger: Spool) -> None:
+    # OpenInference's CrewAI instrumentor: Crew.kickoff (CHAIN, with the crew's usage metrics) >
+    # Task._execute_core (AGENT) > the LiteLLM completion (LLM).
+    tracer = otel.tracer
+    with tracer.start_as_current_span("Crew.kickoff") as crew:
+        crew.set_attributes(
+            {"openinference.span.kind": "CHAIN", "llm.token_count.prompt": 150, "llm.token_count.completion": 15}
+        )
+        for _ in range(3):
+            with tracer.start_as_current_span("Task._execute_core") as task:
+                task.set_attributes({"openinference.span.kind": "AGENT", "llm.token_count.prompt": 50})
+                with tracer.start_as_current_span("completion") as llm:
+                    llm.set_attributes(
+                        {
+                            "openinference.span.kind": "LLM",
+                            "llm.model_name": "claude-haiku-4-5",
+                            "llm.provider": "anthropic",
+                            "llm.token_count.prompt": 50,
+                            "llm.token_count.completion": 5,
+                        }
+                    )
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["input_tokens"], row["output_tokens"]) == (3, 150, 15)
 
 
 def test_model_span_wrapping_another_model_span_counts_once(otel: Otel, ledger: Spool) -> None:
