@@ -1,6 +1,7 @@
 """Acceptance: a real instrumentor's spans (OpenInference over LangChain) bill what LangChain itself counts.
 
-The reference is langchain-core's own `UsageMetadataCallbackHandler` on the same run.
+The references, on the same run: our direct LangChain integration (`KeitoCallbackHandler`) and
+langchain-core's own `UsageMetadataCallbackHandler`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from langchain_core.runnables import RunnableLambda
 from openinference.instrumentation.langchain import LangChainInstrumentor
 
 from keito_instrument._spool import Spool
+from keito_instrument.integrations.langchain import KeitoCallbackHandler
 
 
 class FakeOpenAIChat(GenericFakeChatModel):
@@ -33,7 +35,7 @@ class FakeOpenAIChat(GenericFakeChatModel):
         return params
 
 
-def reply(inp: int, out: int, cache_read: int = 0, reasoning: int = 0) -> AIMessage:
+def reply(inp: int, out: int, cache_read: int = 0, reasoning: int = 0, model: str = "gpt-4o-mini") -> AIMessage:
     meta: dict[str, Any] = {
         "input_tokens": inp,
         "output_tokens": out,
@@ -41,7 +43,7 @@ def reply(inp: int, out: int, cache_read: int = 0, reasoning: int = 0) -> AIMess
         "input_token_details": {"cache_read": cache_read},
         "output_token_details": {"reasoning": reasoning},
     }
-    return AIMessage(content="fine", usage_metadata=meta, response_metadata={"model_name": "gpt-4o-mini"})
+    return AIMessage(content="fine", usage_metadata=meta, response_metadata={"model_name": model})
 
 
 @pytest.fixture
@@ -54,6 +56,51 @@ def instrumented() -> Iterator[Otel]:
     finally:
         instrumentor.uninstrument()
         setup.provider.shutdown()
+
+
+def billed(ledger: Spool, framework: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """The one session billed by `framework`, and its per-model usage rows."""
+    [row] = [r for r in ledger.sessions() if r["framework"] == framework]
+    keys = ("model", "provider", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+    usage = sorted(tuple(u[k] for k in keys) for u in ledger.usage() if u["session_id"] == row["session_id"])
+    return row, usage
+
+
+def test_same_totals_as_the_direct_langchain_handler_on_the_same_run(instrumented: Otel, ledger: Spool) -> None:
+    # Two models and a tool: the OpenInference spans (through KeitoSpanProcessor) and our LangChain
+    # callback handler watch one and the same run, and must bill the same calls, tokens and cost.
+    from langchain_core.tools import tool
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return "found"
+
+    mini = FakeOpenAIChat(messages=iter([reply(1200, 300, cache_read=1000, reasoning=120), reply(800, 90)]))
+    big = FakeOpenAIChat(model_name="gpt-4o", messages=iter([reply(2000, 150, cache_read=512, model="gpt-4o")]))
+
+    def agent(question: str) -> str:
+        first = mini.invoke(question)
+        found = lookup.invoke(str(first.content))
+        second = big.invoke(f"{question} {found}")
+        return str(mini.invoke(str(second.content)).content)
+
+    chain = RunnableLambda(agent) | RunnableLambda(lambda text: text.upper())
+    direct = KeitoCallbackHandler(agent_id="lc-direct")
+    assert chain.invoke("why?", config={"callbacks": [direct]}) == "FINE"
+
+    via_otel, otel_usage = billed(ledger, "otel")
+    via_handler, handler_usage = billed(ledger, "langchain")
+    assert via_otel["session_id"] != via_handler["session_id"]  # two independent bills of one run
+    assert (via_otel["agent_id"], via_handler["agent_id"]) == ("lc-otel", "lc-direct")
+    fields = ("llm_calls", "input_tokens", "output_tokens", "cost_usd")
+    assert [via_otel[f] for f in fields] == [via_handler[f] for f in fields]
+    assert (via_otel["llm_calls"], via_otel["input_tokens"], via_otel["output_tokens"]) == (3, 4000, 540)
+    assert otel_usage == handler_usage
+    assert {u[:2] for u in otel_usage} == {("gpt-4o-mini", "openai"), ("gpt-4o", "openai")}
+    assert via_otel["cost_usd"] is not None and via_otel["cost_usd"] > 0
+    assert via_otel["tool_calls"] == via_handler["tool_calls"] == 1
+    assert instrumented.processor.open_traces == 0
 
 
 def test_same_totals_as_langchain_usage_handler(instrumented: Otel, ledger: Spool) -> None:
@@ -82,10 +129,7 @@ def test_same_totals_as_langchain_usage_handler(instrumented: Otel, ledger: Spoo
     assert usage["reasoning_tokens"] == expected["output_token_details"]["reasoning"]
     assert row["cost_usd"] is not None and row["cost_usd"] > 0
     # The chain spans repeated nothing: OpenInference marked them CHAIN and they carried no extra usage.
-    kinds = [
-        (s.attributes or {}).get("openinference.span.kind")
-        for s in instrumented.exported.get_finished_spans()
-    ]
+    kinds = [(s.attributes or {}).get("openinference.span.kind") for s in instrumented.exported.get_finished_spans()]
     assert kinds.count("LLM") == 3 and "CHAIN" in kinds
     assert instrumented.processor.open_traces == 0
 

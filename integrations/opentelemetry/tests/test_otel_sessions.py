@@ -6,12 +6,15 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from _otel_fakes import Otel, make_otel
 from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import keito_instrument as keito
+from keito_instrument import _session
+from keito_instrument._pipeline import registry
 from keito_instrument._spool import Spool
 from keito_instrument.integrations.otel import KeitoSpanProcessor
 
@@ -43,11 +46,49 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     return bool(predicate())
 
 
-def test_session_id_attribute_spans_several_traces(otel: Otel, ledger: Spool) -> None:
-    for turn in range(3):
-        with otel.tracer.start_as_current_span("turn", attributes={"session.id": "chat-7"}):
-            chat(otel, 100 + turn, 10)
-        time.sleep(0.15)  # an idle gap between turns: not billed
+class FakeClock:
+    """The core session clock, moved by hand: billed time is asserted exactly, never by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic() + 1000.0  # ahead of the real clock: the sweeper thread sees no idle
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(_session, "time", fake)
+    return fake
+
+
+def turn(otel: Otel, session_id: str, input_tokens: int, clock: FakeClock, seconds: float) -> trace.Span:
+    """Start a root span naming `session_id`, make one model call, advance the clock; the root stays open."""
+    root = otel.tracer.start_span("turn", attributes={"session.id": session_id})
+    with trace.use_span(root):
+        clock.now += seconds
+        chat(otel, input_tokens, 10)
+    return root
+
+
+def test_session_id_spans_several_traces_and_bills_the_union_of_roots(
+    otel: Otel, ledger: Spool, clock: FakeClock
+) -> None:
+    first = turn(otel, "chat-7", 100, clock, 2.0)  # t = 0 .. 3
+    second = turn(otel, "chat-7", 101, clock, 0.5)  # t = 2 .. 4: runs in parallel with the first
+    clock.now += 0.5
+    first.end()
+    clock.now += 1.0
+    second.end()
+    assert first.get_span_context().trace_id != second.get_span_context().trace_id  # two traces, one session
+    clock.now += 100.0  # an idle gap between turns: not billed
+    third = turn(otel, "chat-7", 102, clock, 1.5)  # t = 104 .. 105.5
+    third.end()
     assert ledger.sessions() == []  # the session stays open across traces
     open_session = keito.get_session("chat-7")
     assert open_session is not None and open_session.llm_calls == 3
@@ -60,8 +101,48 @@ def test_session_id_attribute_spans_several_traces(otel: Otel, ledger: Spool) ->
         303,
         30,
     )
-    wall = row["ended_at"] - row["started_at"]
-    assert row["active_seconds"] < wall - 0.25  # the union of the three roots, gaps left out
+    # The union of the three roots: [0, 4] and [104, 105.5]; not their sum (5.5) nor the wall time (105.5).
+    assert row["active_seconds"] == pytest.approx(5.5)
+
+
+def test_idle_timeout_ends_a_session_id_spanning_many_traces(otel: Otel, ledger: Spool, clock: FakeClock) -> None:
+    keito.configure(idle_timeout=60.0)
+    for n in range(3):
+        turn(otel, "conv-idle", 10 + n, clock, 1.0).end()
+        clock.now += 50.0  # less than the timeout after each trace: activity keeps it open
+        assert registry.sweep(clock.now) == 0
+    assert ledger.sessions() == []
+    clock.now += 11.0  # 61 s since the last root ended
+    assert registry.sweep(clock.now) == 1
+    [row] = ledger.sessions()
+    assert (row["session_id"], row["end_reason"], row["llm_calls"], row["input_tokens"]) == (
+        "conv-idle",
+        "idle_timeout",
+        3,
+        33,
+    )
+    assert row["active_seconds"] == pytest.approx(3.0)
+    # The same id later opens a new session, billed on its own.
+    turn(otel, "conv-idle", 99, clock, 1.0).end()
+    assert keito.end_session("conv-idle")
+    assert sorted(r["input_tokens"] for r in ledger.sessions()) == [33, 99]
+
+
+def test_traceloop_association_properties_name_the_session(otel: Otel, ledger: Spool) -> None:
+    # OpenLLMetry's own processor copies them onto spans at start; its context carries them as well.
+    start = {"traceloop.span.kind": "workflow", "traceloop.association.properties.session_id": "tl-1"}
+    with otel.tracer.start_as_current_span("a.workflow", attributes=start):
+        chat(otel, 10, 1)
+    token = context.attach(context.set_value("association_properties", {"session_id": "tl-1", "user": "u"}))
+    try:
+        with otel.tracer.start_as_current_span("b.workflow", attributes={"traceloop.span.kind": "workflow"}):
+            chat(otel, 20, 2)
+    finally:
+        context.detach(token)
+    assert ledger.sessions() == []
+    assert keito.end_session("tl-1")
+    [row] = ledger.sessions()
+    assert (row["session_id"], row["llm_calls"], row["input_tokens"]) == ("tl-1", 2, 30)
 
 
 def test_conversation_id_in_baggage_names_the_session(otel: Otel, ledger: Spool) -> None:
@@ -163,9 +244,7 @@ def test_model_call_ending_after_its_root_is_still_billed(otel: Otel, ledger: Sp
 def test_parallel_traces_on_threads_are_exact(otel: Otel, ledger: Spool) -> None:
     def worker(n: int) -> None:
         for _ in range(10):
-            with otel.tracer.start_as_current_span(
-                "agent", attributes={"gen_ai.operation.name": "invoke_agent"}
-            ):
+            with otel.tracer.start_as_current_span("agent", attributes={"gen_ai.operation.name": "invoke_agent"}):
                 chat(otel, n, 1)
                 chat(otel, n, 1)
 
@@ -242,9 +321,15 @@ def test_late_trace_takes_the_session_id_of_its_first_span(ledger: Spool) -> Non
     processor = KeitoSpanProcessor()
     provider.add_span_processor(processor)
     with trace.use_span(root), tracer.start_as_current_span("llm") as span:
-        span.set_attributes({"openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini",
-                             "llm.token_count.prompt": 8, "llm.token_count.completion": 2,
-                             "session.id": "late-s"})
+        span.set_attributes(
+            {
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "gpt-4o-mini",
+                "llm.token_count.prompt": 8,
+                "llm.token_count.completion": 2,
+                "session.id": "late-s",
+            }
+        )
     root.end()
     assert keito.end_session("late-s")
     [row] = ledger.sessions()
