@@ -97,3 +97,30 @@ def test_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "keito_instrument.integrations.otel")
     with pytest.raises(ImportError, match=r'pip install "keito-instrument\[otel\]"'):
         importlib.import_module("keito_instrument.integrations.otel")
+
+
+def test_span_end_never_waits_for_keito(otel: Otel, ledger: Spool) -> None:
+    # The server answers only after a delay: were delivery on the span's thread, the records would
+    # already be stored when the root span's end() returns. They are only spooled then.
+    import keito_instrument as keito
+    from keito_instrument.testing import KeitoTestServer
+
+    with KeitoTestServer() as server:
+        server.set_latency(2.0)
+        keito.configure(
+            api_key=server.api_key,
+            account_id=server.account_id,
+            base_url=server.url,
+            project_id=server.project_id,
+            task_id=server.task_id,
+            expense_category_id=server.expense_category_id,
+        )
+        with (
+            otel.tracer.start_as_current_span("agent", attributes={"gen_ai.operation.name": "invoke_agent"}),
+            otel.tracer.start_as_current_span("chat", attributes=CHAT),
+        ):
+            pass
+        assert server.time_entries == [] and server.expenses == []
+        assert all(r["state"] in ("pending", "sending") for r in ledger.records())  # spooled, not delivered
+        server.set_latency(0.0)
+        assert keito.flush(timeout=20.0) and server.wait_for(time_entries=1, expenses=1)
