@@ -59,8 +59,7 @@ INPUT_KEYS = {
 }
 _ROOTS = frozenset({"crew_kickoff_started", "lite_agent_execution_started"})
 OPTIONS = frozenset(
-    {"project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable", "notes"}
-    | {"metadata"}
+    {"project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable", "notes"} | {"metadata"}
 )
 
 # event class name -> our kind; resolved to classes when the listener is installed.
@@ -175,18 +174,21 @@ class KeitoCrewListener:
 
     def _event(self, kind: str, source: Any, event: Any) -> CrewEvent | None:
         roots = self._roots()
+        lite = False  # an `Agent.kickoff`, whose start handlers CrewAI does not wait for
         if kind == KICKOFF_STARTED:
             key: str | None = event.event_id
         elif kind in (KICKOFF_COMPLETED, KICKOFF_FAILED):
             key = event.started_event_id or getattr(source, "_kickoff_event_id", None)
+            lite = type(event).__name__.startswith("LiteAgent")
         else:
-            key = roots[-1] if roots else None  # None: not inside a kickoff (a bare `llm.call()`)
+            key, root = roots[-1] if roots else (None, None)  # None: not in a kickoff (a bare `llm.call()`)
+            lite = root == "lite_agent_execution_started"
         if key is None:
             return None
         # Any event may be the first one handled for its kickoff, so each carries what is needed
         # to open its run: the enclosing kickoff, and the keito session of the kickoff's caller
         # (the bus runs handlers in a copy of the emitter's context, so it is visible here).
-        outer = next((root for root in reversed(roots) if root != key), None)
+        outer = next((root_id for root_id, _ in reversed(roots) if root_id != key), None)
         caller = current_session()
         base: dict[str, Any] = {
             "outer": outer,
@@ -197,6 +199,9 @@ class KeitoCrewListener:
         if kind == KICKOFF_STARTED:
             base.update(self._start_settings(source, event))
             return CrewEvent(kind, key, **base)
+        if lite:  # the settings its start event would have given (a crew's start is always first)
+            role = getattr(event, "agent_role", None) or getattr(source, "role", None)
+            base["options"] = self._agent_options(role)
         if kind in (KICKOFF_COMPLETED, KICKOFF_FAILED):
             error = getattr(event, "error", None) if kind == KICKOFF_FAILED else None
             # CrewAI drains its bus right before `crew_kickoff_completed`; every other end may
@@ -236,14 +241,18 @@ class KeitoCrewListener:
                     if inputs.get(name) is not None:
                         options[option] = str(inputs[name])
                 session_id = options.pop("session_id", session_id)
-            label = {"crewai_crew": str(crew_name)[:60]} if crew_name else {}
+            if crew_name:
+                options["metadata"] = {"crewai_crew": str(crew_name)[:60], **(options.get("metadata") or {})}
         else:
-            options.setdefault("agent_type", "agent")
-            role = getattr(source, "role", None)
-            label = {"crewai_agent": str(role)[:60]} if role else {}
-        if label:
-            options["metadata"] = {**label, **(options.get("metadata") or {})}
+            options = self._agent_options(getattr(source, "role", None))
         return {"session_id": session_id, "options": options}
+
+    def _agent_options(self, role: object) -> dict[str, Any]:
+        options = dict(self.options)
+        options.setdefault("agent_type", "agent")
+        if role:
+            options["metadata"] = {"crewai_agent": str(role)[:60], **(options.get("metadata") or {})}
+        return options
 
     def _drain_then_settle(self, key: str) -> None:
         # Runs in a CrewAI handler: waiting for the bus there would wait for ourselves, so a
@@ -261,10 +270,11 @@ class KeitoCrewListener:
 
         threading.Thread(target=drain, name="keito-crewai-settle", daemon=True).start()
 
-    def _roots(self) -> tuple[str, ...]:
+    def _roots(self) -> tuple[tuple[str, str], ...]:
+        """The open kickoff scopes of this event's context, outermost first: (event_id, type)."""
         if self._scopes is None:
             return ()
-        return tuple(event_id for event_id, kind in self._scopes() if kind in _ROOTS)
+        return tuple(scope for scope in self._scopes() if scope[1] in _ROOTS)
 
 
 def _check(options: Mapping[str, Any]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from crewai import Agent, Crew, Process, Task
 from crewai.tools import tool
 
 import keito_instrument as keito
-from conftest import FINAL, TOOL_STEP, make_crew, settle
+from conftest import FINAL, TOOL_STEP, Probe, make_crew, settle
 from keito_instrument._spool import Spool
 from keito_instrument.integrations import _crewai_events as ev
 from keito_instrument.integrations import crewai as keito_crewai
@@ -26,12 +27,12 @@ def expense(ledger: Spool, session_id: str) -> dict[str, Any]:
 
 
 def test_two_kickoffs_are_two_sessions_with_their_own_tokens(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, probe: Probe
 ) -> None:
-    crew = make_crew()
-    crew.kickoff()
+    crew = make_crew()  # two agents sharing one LLM instance
+    first = crew.kickoff()
     settle(listener)
-    crew.kickoff()
+    second = crew.kickoff()
     settle(listener)
 
     sessions = ledger.sessions()
@@ -41,15 +42,16 @@ def test_two_kickoffs_are_two_sessions_with_their_own_tokens(
         assert row["input_tokens"] + row["output_tokens"] == 3 * PER_CALL
         assert row["tool_calls"] == 1
         assert row["errors"] == 0
+    assert probe.calls == 6 and probe.tokens == 6 * PER_CALL  # what crewai's LLM events reported
     # crewai's own totals are cumulative per LLM instance and count the shared LLM once per
     # agent: what we bill must not come from them.
+    assert first.token_usage.total_tokens == 2 * 3 * PER_CALL
+    assert second.token_usage.total_tokens == 2 * 2 * 3 * PER_CALL
     assert crew.usage_metrics is not None
     assert crew.usage_metrics.total_tokens == 2 * 2 * 3 * PER_CALL
 
 
-def test_records_carry_usage_breakdown_and_framework(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
-) -> None:
+def test_records_carry_usage_breakdown_and_framework(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
     crew = make_crew(
         usage={
             "prompt_tokens": 1000,
@@ -98,31 +100,42 @@ def test_a_failing_crew_bills_what_it_spent(
 
 
 def test_kickoff_for_each_gives_one_session_per_input(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, probe: Probe
 ) -> None:
     crew = make_crew()
-    crew.kickoff_for_each(inputs=[{"n": 1}, {"n": 2}, {"n": 3}])
+    crew.kickoff()  # the copies kickoff_for_each makes inherit these LLM counters
+    settle(listener)
+    results = crew.kickoff_for_each(inputs=[{"n": 1}, {"n": 2}, {"n": 3}])
     settle(listener)
 
     sessions = ledger.sessions()
-    assert len(sessions) == 3
-    # Each input runs on a copy of the crew, so each kickoff bills its own copy's calls only.
-    assert len({row["input_tokens"] + row["output_tokens"] for row in sessions}) == 1
-    for row in sessions:
-        assert row["input_tokens"] + row["output_tokens"] == row["llm_calls"] * PER_CALL
-        assert row["llm_calls"] >= 3
+    assert len(sessions) == 4
+    assert sum(row["llm_calls"] for row in sessions) == probe.calls
+    assert sum(row["input_tokens"] + row["output_tokens"] for row in sessions) == probe.tokens
+    # Each copy's agents get their own copy of the LLM (whose script restarts), so every copy
+    # makes the same calls: one session each, with that kickoff's tokens only.
+    copies = [row["input_tokens"] + row["output_tokens"] for row in sessions[1:]]
+    assert copies == [copies[0]] * 3 and copies[0] == (probe.calls - 3) // 3 * PER_CALL
+    # crewai's per-result totals accumulate across the copies (and double count): not ours.
+    reported = [result.token_usage.total_tokens for result in results]  # type: ignore[union-attr]
+    assert reported == sorted(reported) and reported[0] > copies[0] and len(set(reported)) == 3
 
 
-async def test_kickoff_async_and_akickoff(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
+async def test_kickoff_async_and_akickoff(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, probe: Probe
+) -> None:
     crew = make_crew()
-    await crew.kickoff_async()
-    await crew.akickoff()
-    await crew.kickoff_for_each_async(inputs=[{"n": 1}, {"n": 2}])
+    await crew.kickoff_async()  # crew.kickoff in a worker thread
+    await crew.akickoff()  # native async: the fake LLM's `acall`
+    await crew.kickoff_for_each_async(inputs=[{"n": 1}, {"n": 2}])  # two copies, concurrently
+    await crew.akickoff_for_each(inputs=[{"n": 3}])
     await asyncio.to_thread(settle, listener)
 
     sessions = ledger.sessions()
-    assert len(sessions) == 4
-    assert all(row["llm_calls"] >= 3 for row in sessions)
+    assert len(sessions) == 5
+    assert [row["llm_calls"] for row in sessions[:2]] == [3, 3]  # the same crew object twice
+    assert sum(row["llm_calls"] for row in sessions) == probe.calls
+    assert sum(row["input_tokens"] + row["output_tokens"] for row in sessions) == probe.tokens
     assert all(row["input_tokens"] + row["output_tokens"] == row["llm_calls"] * PER_CALL for row in sessions)
 
 
@@ -156,9 +169,7 @@ def test_our_failures_never_reach_crewai(
     assert any(r.name == "keito_instrument" and "internal error" in r.getMessage() for r in caplog.records)
 
 
-def test_agent_kickoff_without_a_crew_is_a_session(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
-) -> None:
+def test_agent_kickoff_without_a_crew_is_a_session(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
     llm = fake_llm("gpt-4o-mini", [FINAL])
     agent = Agent(role="Solo", goal="Answer", backstory="Alone.", llm=llm)
     agent.kickoff("What is 2 + 3?")
@@ -171,9 +182,7 @@ def test_agent_kickoff_without_a_crew_is_a_session(
     assert md["agent.Solo.llm_calls"] == 1
 
 
-def test_kickoffs_inside_a_keito_session_join_it(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
-) -> None:
+def test_kickoffs_inside_a_keito_session_join_it(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
     crew = make_crew()
     with keito.session(session_id="ticket-42"):
         crew.kickoff()
@@ -222,9 +231,7 @@ def bill_to_ticket(inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "keito_session_id": f"ticket-{inputs['ticket']}", "keito_task_id": "support"}
 
 
-def test_a_before_kickoff_hook_sets_the_session(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
-) -> None:
+def test_a_before_kickoff_hook_sets_the_session(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
     crew = make_crew(before_kickoff_callbacks=[bill_to_ticket])
     crew.kickoff(inputs={"ticket": 7})
     settle(listener)
@@ -234,48 +241,129 @@ def test_a_before_kickoff_hook_sets_the_session(
     assert entry["payload"]["task_id"] == "support"
 
 
+def ours_on_the_bus(listener: keito_crewai.KeitoCrewListener) -> list[str]:
+    """Names of the event classes that have one of `listener`'s handlers registered."""
+    from crewai.events import crewai_event_bus
+
+    return sorted(
+        cls.__name__
+        for cls, handlers in crewai_event_bus._sync_handlers.items()
+        if any(getattr(h, "__self__", None) is listener for h in handlers)
+    )
+
+
 def test_uninstrument_really_unregisters(ledger: Spool) -> None:
-    from crewai.events import LLMCallCompletedEvent, crewai_event_bus
+    from crewai.events import crewai_event_bus
 
     with crewai_event_bus.scoped_handlers():
         listener = keito_crewai.instrument()
         assert keito_crewai.is_instrumented()
-        assert listener._handle in crewai_event_bus._sync_handlers[LLMCallCompletedEvent]
+        assert "LLMCallCompletedEvent" in ours_on_the_bus(listener)
+        assert len(ours_on_the_bus(listener)) == len(keito_crewai._EVENTS)
         keito_crewai.uninstrument()
         assert not keito_crewai.is_instrumented()
-        assert listener._handle not in crewai_event_bus._sync_handlers.get(LLMCallCompletedEvent, frozenset())
+        assert ours_on_the_bus(listener) == []
         make_crew().kickoff()
         assert crewai_event_bus.flush(timeout=10)
-    assert ledger.sessions() == []
+        assert ledger.sessions() == []  # nothing heard the kickoff
+        again = keito_crewai.instrument()  # and instrumenting again works
+        make_crew().kickoff()
+        settle(again)
+        keito_crewai.uninstrument()
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 3
 
 
-@pytest.mark.parametrize("slow_kind", [ev.LLM_STARTED, ev.LLM_COMPLETED])
-def test_out_of_order_handling_on_the_real_bus(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool, monkeypatch: pytest.MonkeyPatch, slow_kind: str
+class Gate:
+    """Holds the handling of some events until others have been handled, so CrewAI's handler pool
+    delivers them in the order a busy pool can: deterministic, no sleeps."""
+
+    def __init__(self, listener: keito_crewai.KeitoCrewListener, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fed: list[ev.CrewEvent] = []
+        self.timed_out = 0
+        self._lock = threading.Lock()
+        self._opened: dict[str, threading.Event] = {}
+        self._holds: list[tuple[str, Callable[[ev.CrewEvent], str]]] = []
+        self._feed = listener.assembler.feed
+        monkeypatch.setattr(listener.assembler, "feed", self.feed)
+
+    def hold(self, kind: str, until: Callable[[ev.CrewEvent], str]) -> None:
+        """Handle events of `kind` only once the event named `until(event)` was handled."""
+        self._holds.append((kind, until))
+
+    def _event(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._opened.setdefault(name, threading.Event())
+
+    def feed(self, event: ev.CrewEvent) -> None:
+        for kind, until in self._holds:
+            if event.kind == kind and not self._event(until(event)).wait(timeout=10):
+                self.timed_out += 1  # the order could not be forced: the test fails on this
+        self._feed(event)
+        with self._lock:
+            self.fed.append(event)
+        self._event(f"{event.kind}:{event.item_id or event.key}").set()
+        self._event(event.kind).set()
+
+    def kinds(self) -> list[str]:
+        return [event.kind for event in self.fed]
+
+
+def test_starts_handled_after_their_completions(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Slow handlers for one event kind make CrewAI's pool deliver starts after completions, and
-    an `Agent.kickoff` end before its completion: the bill is unchanged."""
-    fed: list[str] = []
-    feed = listener.assembler.feed
-
-    def slow_feed(event: ev.CrewEvent) -> None:
-        if event.kind == slow_kind:
-            time.sleep(0.05)
-        fed.append(event.kind)
-        feed(event)
-
-    monkeypatch.setattr(listener.assembler, "feed", slow_feed)
+    gate = Gate(listener, monkeypatch)
+    gate.hold(ev.LLM_STARTED, lambda e: f"{ev.LLM_COMPLETED}:{e.item_id}")
     make_crew().kickoff()
+    settle(listener)
+
+    assert gate.timed_out == 0
+    calls = [e.item_id for e in gate.fed if e.kind == ev.LLM_COMPLETED]
+    assert len(calls) == 3
+    for call in calls:  # every completion was handled before its start
+        order = [e.kind for e in gate.fed if e.item_id == call]
+        assert order == [ev.LLM_COMPLETED, ev.LLM_STARTED]
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["input_tokens"], row["tool_calls"]) == (3, 300, 1)
+
+
+def test_an_agent_kickoff_whose_start_is_handled_last(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Agent.kickoff` does not wait for its start handlers: its call can open the session."""
+    gate = Gate(listener, monkeypatch)
+    gate.hold(ev.KICKOFF_STARTED, lambda e: ev.LLM_COMPLETED)
     agent = Agent(role="Solo", goal="Answer", backstory="Alone.", llm=fake_llm("m", [FINAL]))
     agent.kickoff("What is 2 + 3?")
     settle(listener)
 
-    late = ev.LLM_COMPLETED if slow_kind == ev.LLM_STARTED else ev.KICKOFF_COMPLETED
-    early = ev.LLM_STARTED if slow_kind == ev.LLM_STARTED else ev.LLM_COMPLETED
-    assert fed.index(late) < len(fed) - 1 - fed[::-1].index(early), "events were not reordered"
-    rows = sorted(ledger.sessions(), key=lambda row: row["llm_calls"])
-    assert [row["llm_calls"] for row in rows] == [1, 3]
-    assert [row["input_tokens"] for row in rows] == [100, 300]
+    assert gate.timed_out == 0
+    assert gate.kinds().index(ev.LLM_COMPLETED) < gate.kinds().index(ev.KICKOFF_STARTED)
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["input_tokens"]) == (1, 100)
+    md = expense(ledger, row["session_id"])
+    assert md["agent_type"] == "agent" and md["crewai_agent"] == "Solo"  # as if the start came first
+
+
+def test_a_failed_kickoff_that_ends_before_its_task_failure_counts_it(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CrewAI drains its bus before `crew_kickoff_completed` (and its agent executor before
+    `flow_finished`), but not between `task_failed` and `crew_kickoff_failed`."""
+    gate = Gate(listener, monkeypatch)
+    gate.hold(ev.TASK_FAILED, lambda e: ev.KICKOFF_FAILED)
+    crew = make_crew(fake_llm("gpt-4o-mini", [TOOL_STEP, FINAL, RuntimeError("provider exploded")]))
+    for agent in crew.agents:
+        agent.max_retry_limit = 0
+    with pytest.raises(RuntimeError, match="provider exploded"):
+        crew.kickoff()
+    settle(listener)
+
+    assert gate.timed_out == 0
+    kinds = gate.kinds()
+    assert kinds.index(ev.KICKOFF_FAILED) < kinds.index(ev.TASK_FAILED)
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["input_tokens"], row["errors"]) == (2, 200, 3)
 
 
 @tool("ask_expert")
@@ -288,13 +376,9 @@ def ask_expert(question: str) -> str:
 def test_an_agent_kickoff_inside_a_crew_joins_the_crew_session(
     listener: keito_crewai.KeitoCrewListener, ledger: Spool
 ) -> None:
-    llm = fake_llm(
-        "gpt-4o-mini", ['Thought: ask\nAction: ask_expert\nAction Input: {"question": "2+3?"}', FINAL]
-    )
+    llm = fake_llm("gpt-4o-mini", ['Thought: ask\nAction: ask_expert\nAction Input: {"question": "2+3?"}', FINAL])
     asker = Agent(role="Asker", goal="Find out", backstory="Curious.", llm=llm, tools=[ask_expert])
-    crew = Crew(
-        agents=[asker], tasks=[Task(description="Find 2+3.", expected_output="A number", agent=asker)]
-    )
+    crew = Crew(agents=[asker], tasks=[Task(description="Find 2+3.", expected_output="A number", agent=asker)])
     crew.kickoff()
     settle(listener)
 
@@ -319,9 +403,7 @@ def test_settings_survive_keito_instrument_and_typos_fail_fast(
     assert entry["payload"]["project_id"] == "p-default"
 
 
-def test_streaming_crew_and_hierarchical_process(
-    listener: keito_crewai.KeitoCrewListener, ledger: Spool
-) -> None:
+def test_streaming_crew_and_hierarchical_process(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
     streaming = make_crew(stream=True)
     output = streaming.kickoff()
     list(output)  # a streaming kickoff runs while its output is consumed

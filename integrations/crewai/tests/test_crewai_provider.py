@@ -5,11 +5,13 @@ Also proves that a crew run connects to nothing but 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
 import pytest
 from _fake_openai import USAGE, ToolCall, fake_openai
+from _socket_guard import take_attempts
 from crewai import LLM
 
 from conftest import make_crew, settle
@@ -60,6 +62,7 @@ def test_real_openai_provider_usage_is_billed_and_only_loopback_is_used(
     [expense] = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "expense"]
     md = expense["payload"]["metadata"]
     assert md["cache_read_tokens"] == calls * 40
+    assert md["reasoning_tokens"] == calls * 4
     assert md["model"] == "gpt-4o-mini"
     assert md["tool_calls"] == (0 if stream else 1)
     # gpt-4o-mini is a known model: the expense is priced, not left unknown
@@ -69,3 +72,23 @@ def test_real_openai_provider_usage_is_billed_and_only_loopback_is_used(
     for address in connections:
         host = address[0] if isinstance(address, tuple) else address
         assert str(host) in {"127.0.0.1", "localhost", "::1"}, f"connected to {address!r}"
+
+
+def test_the_socket_guard_refuses_and_records_what_leaves_loopback() -> None:
+    """The guard behind every test here: even an attempt whose error is swallowed is recorded."""
+    with pytest.raises(OSError):
+        socket.create_connection(("telemetry.crewai.com", 4319), timeout=1)  # a name lookup
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(OSError):
+            raw.connect(("192.0.2.1", 443))  # an address: no lookup
+        with pytest.raises(OSError):
+            raw.connect_ex(("198.51.100.7", 80))
+    finally:
+        raw.close()
+    with contextlib.suppress(OSError):  # as a library retrying quietly would
+        socket.getaddrinfo("pypi.org", 443)
+    assert take_attempts() == ["telemetry.crewai.com", ("192.0.2.1", 443), ("198.51.100.7", 80), "pypi.org"]
+    with socket.create_server(("127.0.0.1", 0)) as server:  # loopback is allowed
+        socket.create_connection(server.getsockname(), timeout=1).close()
+    assert take_attempts() == []
