@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 from keito_instrument import Run, Session, get_settings
@@ -162,8 +163,14 @@ def not_a_failure(error: BaseException) -> bool:
 
 def marks_cache_hits(convert_cached: object) -> bool:
     """Whether langchain-core's cached-generation converter adds the `total_cost: 0` mark."""
-    code = getattr(convert_cached, "__code__", None)
-    return code is not None and "total_cost" in code.co_consts
+    codes = [getattr(convert_cached, "__code__", None)]
+    while codes:  # the function's own constants and those of its nested code (comprehensions, lambdas)
+        code = codes.pop()
+        if isinstance(code, CodeType):
+            if "total_cost" in code.co_consts:
+                return True
+            codes.extend(c for c in code.co_consts if isinstance(c, CodeType))
+    return False
 
 
 # -- the open-run table --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ thread) so `langchain_openai.ChatOpenAI` runs its real request and response pars
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -147,6 +148,55 @@ class UsageChatModel(BaseChatModel):
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         return self  # the canned replies already carry their tool calls
+
+
+class EchoUsageModel(BaseChatModel):
+    """Usage derived from the prompt: the last message's text is `n`, the call reports 100+n in, 1+n%7 out.
+
+    Every call's usage says which request it served, so a call billed to the wrong session shows up.
+    Its async path awaits between start and end, so concurrent calls really interleave; `peak` is the
+    most calls that were open at once.
+    """
+
+    in_flight: int = 0
+    peak: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "echo-usage-fake-chat"
+
+    @staticmethod
+    def usage_for(n: int) -> tuple[int, int]:
+        return 100 + n, 1 + n % 7
+
+    def _reply(self, messages: list[BaseMessage]) -> ChatResult:
+        inp, out = self.usage_for(int(str(messages[-1].content)))
+        return ChatResult(generations=[ChatGeneration(message=reply(f"echo {inp}", inp=inp, out=out))])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._reply(messages)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)  # let the other tasks' calls start and end in between
+            return self._reply(messages)
+        finally:
+            self.in_flight -= 1
 
 
 # -- a fake OpenAI-compatible server ------------------------------------------------------------

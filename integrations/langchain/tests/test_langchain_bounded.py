@@ -53,6 +53,18 @@ def test_old_runs_are_forgotten_and_their_sessions_end(ledger: Spool) -> None:
     assert all(r["end_reason"] == "run_age_exceeded" for r in rows)
 
 
+def test_ordinary_traffic_forgets_stale_runs_without_a_manual_sweep(ledger: Spool) -> None:
+    keito.configure(max_run_age=0.05)
+    handler = KeitoCallbackHandler()
+    stale = start_roots(handler, 5)
+    time.sleep(0.1)
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | UsageChatModel(replies=[reply(inp=3, out=1)])
+    for i in range(40):  # 80 root and call inserts: the table sweeps itself on the way
+        chain.invoke({"q": str(i)}, config={"callbacks": [handler]})
+    assert not any(run_id in keito_lc._table for run_id in stale)
+    assert len(keito_lc._table) == 0
+
+
 def test_unknown_run_ends_are_ignored(ledger: Spool) -> None:
     handler = KeitoCallbackHandler()
     handler.on_chain_end({}, run_id=uuid.uuid4())

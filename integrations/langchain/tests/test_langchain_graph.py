@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from _lc_fakes import UsageChatModel, reply
+from _lc_fakes import EchoUsageModel, UsageChatModel, reply
 from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
@@ -15,6 +15,7 @@ from langchain_core.tools import tool
 
 import keito_instrument as keito
 from keito_instrument._spool import Spool
+from keito_instrument.integrations import langchain as keito_lc
 from keito_instrument.integrations.langchain import KeitoCallbackHandler
 
 langgraph = pytest.importorskip("langgraph")
@@ -80,6 +81,22 @@ def test_langgraph_thread_turns_join_one_session(ledger: Spool) -> None:
     assert meta["node.agent.input_tokens"] == expected["input_tokens"]
 
 
+def test_instrument_reaches_langgraph_without_callbacks(ledger: Spool) -> None:
+    keito_lc.instrument(project_id="p-auto")
+    app = tool_agent(UsageChatModel(replies=agent_replies()))
+    for text in ("weather in Oslo?", "and again?"):
+        app.invoke({"messages": [("human", text)]}, config={"configurable": {"thread_id": "auto-thread"}})
+    assert keito.end_session("auto-thread")
+    [row] = ledger.sessions()
+    assert (row["session_id"], row["project_id"], row["llm_calls"], row["tool_calls"]) == (
+        "auto-thread",
+        "p-auto",
+        4,
+        2,
+    )
+    assert (row["input_tokens"], row["output_tokens"]) == (2 * (200 + 260), 2 * (20 + 12))
+
+
 def test_langgraph_thread_closes_after_idle_timeout(ledger: Spool) -> None:
     keito.configure(idle_timeout=0.2)
     app = tool_agent(UsageChatModel(replies=agent_replies()))
@@ -117,25 +134,40 @@ def test_langgraph_interrupt_is_not_an_error(ledger: Spool) -> None:
 
 
 async def test_fifty_concurrent_ainvoke_sessions(ledger: Spool) -> None:
-    llm = UsageChatModel(replies=[reply(inp=30, out=4)])
+    llm = EchoUsageModel()  # each call's usage names the request it served
     chain = PROMPT | llm
     handler = KeitoCallbackHandler()  # one handler shared by every concurrent run
+    reference = UsageMetadataCallbackHandler()
 
-    async def one(i: int) -> str:
+    async def one(i: int) -> None:
         await asyncio.sleep(0)
-        await chain.ainvoke({"q": str(i)}, config={"callbacks": [handler]})
+        await chain.ainvoke({"q": str(i)}, config={"callbacks": [handler, reference]})
         await chain.ainvoke(
-            {"q": str(i)}, config={"callbacks": [handler], "metadata": {"session_id": f"u-{i}"}}
+            {"q": str(i)},
+            config={"callbacks": [handler, reference], "metadata": {"session_id": f"u-{i}"}},
         )
-        return f"u-{i}"
 
-    ids = await asyncio.gather(*(one(i) for i in range(50)))
-    for sid in ids:
-        assert keito.end_session(sid)
+    await asyncio.gather(*(one(i) for i in range(50)))
+    assert llm.peak > 1  # the calls really overlapped
+    assert len(keito_lc._table) == 0
+    for i in range(50):
+        assert keito.end_session(f"u-{i}")
     rows = ledger.sessions()
-    assert len(rows) == 100
-    assert {r["session_id"] for r in rows} >= set(ids)
-    assert all((r["llm_calls"], r["input_tokens"], r["output_tokens"]) == (1, 30, 4) for r in rows)
+    assert len(rows) == 100 and len({r["session_id"] for r in rows}) == 100
+    named = {r["session_id"]: r for r in rows if r["session_id"].startswith("u-")}
+    assert sorted(named) == sorted(f"u-{i}" for i in range(50))
+    for i in range(50):  # every named session holds exactly its own request's call
+        row = named[f"u-{i}"]
+        assert (row["llm_calls"], row["input_tokens"], row["output_tokens"]) == (1, *EchoUsageModel.usage_for(i))
+    # The 50 sessions opened per root run: one call each, and together exactly the 50 requests.
+    fresh = [r for r in rows if not r["session_id"].startswith("u-")]
+    assert all(r["llm_calls"] == 1 for r in fresh)
+    assert sorted((r["input_tokens"], r["output_tokens"]) for r in fresh) == sorted(
+        EchoUsageModel.usage_for(i) for i in range(50)
+    )
+    expected = reference.usage_metadata["gpt-4o-mini"]
+    assert sum(r["input_tokens"] for r in rows) == expected["input_tokens"]
+    assert sum(r["output_tokens"] for r in rows) == expected["output_tokens"]
 
 
 async def test_concurrent_graph_threads_in_tasks(ledger: Spool) -> None:

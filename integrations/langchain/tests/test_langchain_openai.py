@@ -51,13 +51,39 @@ def test_chat_openai_non_streaming_and_streaming(ledger: Spool, server: FakeOpen
     assert meta["model"] == "gpt-4o-mini" and row["cost_usd"] > 0
 
 
+async def test_chat_openai_async_with_and_without_stream_usage(ledger: Spool, server: FakeOpenAI) -> None:
+    reference = UsageMetadataCallbackHandler()
+    config: Any = {"callbacks": [KeitoCallbackHandler(), reference], "metadata": {"session_id": "oa-async"}}
+    assert (await chat(server).ainvoke("hi", config=config)).content == "Hello there"
+    chunks = [c async for c in chat(server, stream_usage=True).astream("hi", config=config)]
+    assert "".join(str(c.content) for c in chunks) == "Hello there"
+    assert keito.end_session("oa-async")
+    [row] = ledger.sessions()
+    expected = reference.usage_metadata["gpt-4o-mini"]
+    assert (row["llm_calls"], row["input_tokens"], row["output_tokens"]) == (
+        2,
+        expected["input_tokens"],
+        expected["output_tokens"],
+    )
+    [usage] = ledger.usage()
+    assert (usage["model"], usage["provider"], usage["cache_read_tokens"], usage["reasoning_tokens"]) == (
+        "gpt-4o-mini",
+        "openai",
+        8,
+        4,
+    )
+
+
 async def test_chat_openai_async_stream_without_usage(ledger: Spool, server: FakeOpenAI) -> None:
     handler = KeitoCallbackHandler()
     chunks = [
         c async for c in chat(server, stream_usage=False).astream("hi", config={"callbacks": [handler]})
     ]
     assert "".join(str(c.content) for c in chunks) == "Hello there"
+    assert "stream_options" not in server.requests[0]  # the server really sent no usage
     [row] = ledger.sessions()
     assert row["llm_calls"] == 1 and row["input_tokens"] == 0
     [usage] = ledger.usage()
     assert usage["llm_calls"] == 1 and usage["model"] == "gpt-4o-mini"
+    [expense] = [r for r in ledger.records(row["session_id"]) if r["kind"] == "expense"]
+    assert expense["payload"]["metadata"].get("usage_missing")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from keito_instrument.integrations._langchain_usage import (
     CallUsage,
     from_llm_output,
     from_usage_metadata,
+    marks_cache_hits,
     model_name,
+    not_a_failure,
+    replayed,
     session_id_from,
+    stopped,
+    with_overrides,
 )
 
 
@@ -83,3 +90,38 @@ def test_session_id_order() -> None:
     assert session_id_from({"keito_session_id": "k", "session_id": "s"}) == "k"
     assert session_id_from({"session_id": ""}) is None
     assert session_id_from(None) is None
+
+
+def test_replayed_compares_only_langchains_own_message_ids() -> None:
+    assert replayed("lc_run--aaaa", "bbbb") and replayed("run-aaaa-0", "bbbb")  # named after another run
+    assert not replayed("lc_run--aaaa", "aaaa") and not replayed("run-aaaa-0", "aaaa")  # this run's own
+    assert not replayed("chatcmpl-123", "bbbb") and not replayed(None, "bbbb")  # provider ids say nothing
+
+
+def test_marks_cache_hits_reads_the_converter() -> None:
+    from langchain_core.language_models.chat_models import BaseChatModel
+
+    def marking(cached: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{**c, "total_cost": 0} for c in cached]
+
+    assert marks_cache_hits(marking)
+    assert not marks_cache_hits(lambda cached: cached) and not marks_cache_hits(None)
+    assert marks_cache_hits(BaseChatModel._convert_cached_generations)  # this langchain-core marks hits
+
+
+def test_overrides_and_control_flow() -> None:
+    settings = {"project_id": "p", "task_id": "t"}
+    assert with_overrides(settings, {"keito_task_id": "t2", "keito_agent_id": ""}) == {
+        "project_id": "p",
+        "task_id": "t2",
+    }
+    assert with_overrides(settings, None) is settings
+
+    class GraphInterrupt(Exception):
+        pass
+
+    class Subclassed(GraphInterrupt):
+        pass
+
+    assert not_a_failure(Subclassed()) and not_a_failure(GeneratorExit())
+    assert stopped(asyncio.CancelledError()) and not not_a_failure(ValueError())
