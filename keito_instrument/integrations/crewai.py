@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -103,7 +104,7 @@ class KeitoCrewListener:
         self.session_id: str | None = None
         self.options: dict[str, Any] = {}
         self.set_options(**options)
-        self._crews: dict[str, dict[str, Any]] = {}  # str(crew.id) -> settings for that crew
+        self._crews: dict[str, dict[str, Any]] = {}  # str(crew.id) -> settings, while that crew lives
         self._lock = threading.Lock()
         self._kinds: dict[type[Any], str] = {}
         self._bus: Any = None
@@ -149,10 +150,17 @@ class KeitoCrewListener:
         self.session_id, self.options = session_id, dict(options)
 
     def configure_crew(self, crew: Any, **options: Any) -> None:
-        """Session settings for one crew object (`session_id=` included); copies are not covered."""
+        """Session settings for one crew object (`session_id=` included); copies are not covered.
+
+        The settings are forgotten when the crew is garbage collected.
+        """
         _check({k: v for k, v in options.items() if k != "session_id"})
+        key = str(crew.id)
         with self._lock:
-            self._crews[str(crew.id)] = dict(options)
+            known = key in self._crews
+            self._crews[key] = dict(options)
+        if not known:
+            weakref.finalize(crew, self._crews.pop, key, None)
 
     def wait(self, timeout: float = 10.0) -> bool:
         """Wait until every kickoff seen so far is closed and its session stored (tests, scripts).
