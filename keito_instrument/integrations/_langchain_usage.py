@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
@@ -107,6 +107,13 @@ def from_llm_output(llm_output: Mapping[str, Any] | None) -> CallUsage | None:
             cache_write_tokens=cache_write,
         )
     return None
+
+
+def has_usage(generations: Sequence[Sequence[object]], llm_output: Mapping[str, Any] | None) -> bool:
+    """Whether a (failed) call's result reports usage: on its first message or in `llm_output`."""
+    if generations and generations[0] and getattr(getattr(generations[0][0], "message", None), "usage_metadata", None):
+        return True
+    return from_llm_output(llm_output) is not None
 
 
 def model_name(*sources: object) -> str | None:

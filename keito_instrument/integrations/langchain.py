@@ -36,6 +36,7 @@ from ._langchain_usage import (
     RunTable,
     from_llm_output,
     from_usage_metadata,
+    has_usage,
     marks_cache_hits,
     model_name,
     not_a_failure,
@@ -328,7 +329,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
 
     @override
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """Close a tool run."""
+        """Close a tool run (which may be a root run)."""
         try:
             self._finish(run_id, None)
         except Exception as exc:
@@ -336,7 +337,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
 
     @override
     def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """Close a retriever run."""
+        """Close a retriever run (which may be a root run)."""
         try:
             self._finish(run_id, None)
         except Exception as exc:
@@ -357,7 +358,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 response = None
             try:
                 if type(call) is Call and call.root.owner is self:
-                    if response is not None and _has_usage(response):
+                    if response is not None and has_usage(response.generations, response.llm_output):
                         self._record(call, response, run_id)
                     elif stopped(error):
                         self._record(call, LLMResult(generations=[]), run_id)
@@ -386,14 +387,6 @@ def _cache_marked() -> bool:
 
         _marked.append(marks_cache_hits(getattr(BaseChatModel, "_convert_cached_generations", None)))
     return _marked[0]
-
-
-def _has_usage(response: LLMResult) -> bool:
-    if response.generations and response.generations[0]:
-        message = getattr(response.generations[0][0], "message", None)
-        if getattr(message, "usage_metadata", None):
-            return True
-    return from_llm_output(response.llm_output) is not None
 
 
 # -- process-wide instrumentation ---------------------------------------------------------------

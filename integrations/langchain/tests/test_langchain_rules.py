@@ -181,3 +181,27 @@ async def test_internal_errors_never_break_sync_or_async_chains(
     rows = ledger.sessions()
     assert len(rows) == 6 and all(r["llm_calls"] == 0 for r in rows)
     assert _pipeline.registry.open_sessions() == [] and len(keito_lc._table) == 0
+
+
+class DiesAfterUsage(UsageChatModel):
+    """Streams its reply and the usage chunk, then the connection drops."""
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        yield from super()._stream(messages, stop, run_manager, **kwargs)
+        raise ConnectionError("stream cut")
+
+
+def test_failed_stream_bills_the_usage_it_reported_and_counts_the_error(ledger: Spool) -> None:
+    handler = KeitoCallbackHandler()
+    with keito.session():
+        with pytest.raises(ConnectionError):
+            for _ in DiesAfterUsage(replies=[reply("a b", inp=40, out=2)]).stream("x", config={"callbacks": [handler]}):
+                pass
+        failing = UsageChatModel(replies=[reply()], fail_with="provider 500")
+        with pytest.raises(RuntimeError):
+            for _ in failing.stream("x", config={"callbacks": [handler]}):
+                pass
+    [row] = ledger.sessions()
+    # The first call reported usage before failing: billed. The second failed before any usage: not a call.
+    assert (row["llm_calls"], row["errors"], row["input_tokens"], row["output_tokens"]) == (1, 2, 40, 2)
+    assert len(keito_lc._table) == 0
