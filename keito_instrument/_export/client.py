@@ -140,7 +140,9 @@ async def list_record_ids(
     """Every agent record of one day (and project) at `path`: {metadata.record_id: remote id}.
 
     Raises:
-        ListError: a page could not be fetched (network failure or an error status).
+        ListError: a page could not be fetched (network failure or an error status), was not
+            Keito's pagination envelope, or there were more than MAX_LIST_PAGES pages: the
+            listing is incomplete, so nothing may be taken as "not delivered".
     """
     key = "expenses" if path.rstrip("/").endswith("expenses") else "time_entries"
     params: dict[str, Any] = {
@@ -153,7 +155,9 @@ async def list_record_ids(
         params["project_id"] = project_id
     found: dict[str, str] = {}
     page = 1
-    while page <= MAX_LIST_PAGES:
+    while True:
+        if page > MAX_LIST_PAGES:  # a partial listing must never count as "not found": that re-POSTs
+            raise ListError(Outcome("retry", reason=f"the listing has more than {MAX_LIST_PAGES} pages"))
         try:
             response = await client.get(path, params={**params, "page": page})
         except httpx.HTTPError as exc:
@@ -164,12 +168,15 @@ async def list_record_ids(
             body = response.json()
         except ValueError:
             raise ListError(Outcome("retry", reason="200: the list answer is not JSON")) from None
-        for item in body.get(key) or ():
+        items = body.get(key) if isinstance(body, dict) else None
+        total_pages = body.get("total_pages", 1) if isinstance(body, dict) else None
+        if not isinstance(items, list) or not isinstance(total_pages, int) or isinstance(total_pages, bool):
+            # Not Keito's envelope (a proxy's page, another API version): "not found" here would re-POST.
+            raise ListError(Outcome("retry", reason=f"200: the list answer is not a page of {key}"))
+        for item in items:
             meta = item.get("metadata") if isinstance(item, dict) else None
             if isinstance(meta, dict) and meta.get("record_id"):
                 found[str(meta["record_id"])] = str(item.get("id", ""))
-        total_pages = body.get("total_pages") or 1
-        if page >= int(total_pages):
-            break
+        if page >= total_pages:
+            return found
         page += 1
-    return found

@@ -30,16 +30,20 @@ from .queue import Claimed, Queue, new_owner, next_due
 _log = logging.getLogger("keito_instrument")
 
 
-def _suppress_otel() -> tuple[Any, Any] | None:
+def _suppress_otel() -> bool:
     """Attach a context that tells OpenTelemetry instrumentations to skip our own HTTP calls.
 
-    Only when OpenTelemetry is already imported by the host: we never import it ourselves.
+    Only when OpenTelemetry is imported by the host (we never import it ourselves); called before
+    every delivery cycle, so an OpenTelemetry imported after the exporter started is honoured too.
+    It runs inside the exporter's main task: the context is that task's copy (inherited by the
+    cycle tasks it creates), never the host's, and it ends with the task (no detach needed).
     """
     ctx = sys.modules.get("opentelemetry.context")
     key = getattr(ctx, "_SUPPRESS_INSTRUMENTATION_KEY", None)
     if ctx is None or key is None:
-        return None
-    return ctx, ctx.attach(ctx.set_value(key, True))
+        return False
+    ctx.attach(ctx.set_value(key, True))
+    return True
 
 
 class Exporter:
@@ -138,7 +142,6 @@ class Exporter:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
-        suppressed = _suppress_otel()
         try:
             loop.run_until_complete(self._main(loop))
         except Exception as exc:
@@ -150,14 +153,14 @@ class Exporter:
             except Exception as exc:
                 report("exporter close", exc)
             loop.close()
-            if suppressed is not None:
-                suppressed[0].detach(suppressed[1])
             self._signal()
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         self._wake = asyncio.Event()
         self._loop = loop
+        suppressed = False
         while not self._stopping:
+            suppressed = suppressed or _suppress_otel()
             self._task = asyncio.ensure_future(self._guarded_cycle())
             try:
                 progressed, due = await self._task

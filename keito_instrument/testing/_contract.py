@@ -64,8 +64,8 @@ def _type_error(name: str, kind: str, value: Any) -> str | None:
         ok = is_date(value)
     elif kind == "number":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind == "integer":
-        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "integer":  # JSON Schema's integer: 3 and 3.0 are the same JSON number
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
     elif kind == "boolean":
         ok = isinstance(value, bool)
     elif kind == "hhmm":

@@ -287,6 +287,23 @@ class KeitoTestServer:
             time.sleep(0.01)
         return len(self.time_entries) >= time_entries and len(self.expenses) >= expenses
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections the server is holding open (each is handled on its own thread)."""
+        httpd = self._httpd
+        if httpd is None:
+            return 0
+        with httpd.connections_lock:
+            return len(httpd.connections)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no client connection is open, so every request received has been handled
+        (stored or refused); True if so. Useful after killing a client mid-request."""
+        deadline = time.monotonic() + timeout
+        while self.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.open_connections == 0
+
     def reset(self) -> None:
         """Forget stored records, the request log and every fault."""
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import keito_instrument as keito
@@ -75,6 +77,23 @@ def test_sync_retries_dead_letters_on_request(ledger: Spool, capsys: pytest.Capt
         assert "2 dead letter(s)" in capsys.readouterr().err
         assert main(["sync", "--retry-dead", "--no-progress"]) == 0
         assert len(server.time_entries) == 1 and len(server.expenses) == 1
+
+
+def test_status_shows_dead_letters_with_keitos_reason(
+    keito_server: KeitoTestServer, ledger: Spool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keito_server.fail_next(422, count=1, methods=("POST",))
+    local_sessions(1)
+    assert keito.flush(10.0)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    dead = ledger.records(state="dead")
+    assert len(dead) == 1
+    line = next(line for line in out.splitlines() if line.startswith("dead ") and dead[0]["record_id"][:8] in line)
+    assert line.endswith("422 unprocessable entity: injected fault")  # Keito's error_description, whole
+    assert main(["status", "--format", "json"]) == 0
+    errors = json.loads(capsys.readouterr().out)["errors"]
+    assert [(e["state"], e["last_error"]) for e in errors] == [("dead", "422 unprocessable entity: injected fault")]
 
 
 def test_sync_stops_at_once_on_a_bad_key(ledger: Spool, capsys: pytest.CaptureFixture[str]) -> None:

@@ -156,6 +156,30 @@ async def test_a_failed_listing_raises_with_its_outcome(settings: keito.Settings
     assert info.value.outcome.retry_after == 3.0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{"data": []}, [], {"time_entries": None, "total_pages": 1}, {"time_entries": [], "total_pages": "2"}],
+)
+async def test_a_200_that_is_not_keitos_page_is_no_proof_of_absence(settings: keito.Settings, body: object) -> None:
+    with respx.mock(base_url=BASE) as mock:
+        mock.get("/api/v2/time_entries").respond(200, json=body)
+        async with kc.make_client(settings) as client:
+            with pytest.raises(kc.ListError):
+                await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", None)
+
+
+async def test_a_listing_longer_than_the_page_cap_is_incomplete(
+    settings: keito.Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kc, "MAX_LIST_PAGES", 3)
+    with respx.mock(base_url=BASE) as mock:
+        route = mock.get("/api/v2/time_entries").respond(200, json={"time_entries": [], "total_pages": 9})
+        async with kc.make_client(settings) as client:
+            with pytest.raises(kc.ListError, match="more than 3 pages"):
+                await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", None)
+    assert route.call_count == 3
+
+
 def test_retry_after_parsing() -> None:
     assert parse_retry_after("5") == 5.0
     assert parse_retry_after("0.5") == 0.5
@@ -172,6 +196,25 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
         delays = [policy.backoff(attempt) for _ in range(200)]
         assert all(top / 2 <= d <= top for d in delays)
         assert max(delays) - min(delays) > top / 10  # jitter spreads the retries
+
+
+async def test_no_outcome_of_the_http_layer_logs_the_key(
+    settings: keito.Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, httpx's and httpcore's included
+    answers = [httpx.Response(s, json={"error": "x", "error_description": "y"}) for s in (201, 400, 401, 429, 503)]
+    with respx.mock(base_url=BASE) as mock:
+        failures = [httpx.ConnectError("down"), httpx.ReadTimeout("slow")]
+        mock.post("/api/v2/time_entries").side_effect = [*answers, *failures]
+        mock.get("/api/v2/time_entries").respond(403, json={"error": "forbidden"})
+        async with kc.make_client(settings) as client:
+            kinds = [(await kc.post(client, "/api/v2/time_entries", {"p": 1})).kind for _ in range(7)]
+            with pytest.raises(kc.ListError):
+                await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", "p")
+    assert kinds == ["delivered", "dead", "pause", "retry", "retry", "retry", "retry"]
+    assert [r for r in caplog.records if r.name.startswith("httpx")], "httpx's own request log was captured"
+    text = "\n".join(f"{r.getMessage()} {r.args}" for r in caplog.records)
+    assert KEY not in text and KEY[4:] not in text
 
 
 def test_the_api_key_is_in_no_log_line(

@@ -97,6 +97,26 @@ def test_one_listing_reconciles_every_ambiguous_record_of_a_day(
     assert len([r for r in keito_server.requests if r.method == "GET"]) == 2
 
 
+def test_reconciling_reads_every_page_of_the_day(
+    keito_server: KeitoTestServer, ledger: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "LIST_PAGE_SIZE", 3)  # 20 records of a day: 7 pages per endpoint
+    keito.configure(api_key=None)
+    run_sessions(20)
+    keito.configure(api_key=keito_server.api_key)
+    assert ledger.release_local() == 40
+    keito_server.error_after_commit(count=40, status=500)
+    assert keito.flush(10.0)
+    assert len(keito_server.time_entries) == 20 and len(keito_server.expenses) == 20
+    assert keito_server.duplicates() == {} and len(posts(keito_server)) == 40
+    pages = sorted(
+        (r.path, int(r.query["page"][0]), r.query["per_page"][0])
+        for r in keito_server.requests
+        if r.method == "GET"
+    )
+    assert pages == [(p, n, "3") for p in ("/api/v2/expenses", "/api/v2/time_entries") for n in range(1, 8)]
+
+
 def test_an_ambiguous_post_that_did_not_commit_is_sent_again(keito_server: KeitoTestServer) -> None:
     keito_server.fail_next(502, count=2, methods=("POST",))
     run_sessions(1)
@@ -105,27 +125,57 @@ def test_an_ambiguous_post_that_did_not_commit_is_sent_again(keito_server: Keito
     assert len(keito_server.time_entries) == 1 and len(keito_server.expenses) == 1
 
 
-def test_a_timed_out_post_committed_late_is_found_by_listing(keito_server: KeitoTestServer) -> None:
-    keito.configure(request_timeout=0.2)
-    keito_server.set_latency(0.3)  # Keito stores the record after our client gave up on it
-    run_sessions(1)
-    deadline = time.monotonic() + 10
-    while len(posts(keito_server)) < 2 and time.monotonic() < deadline:
+class Gate:
+    """A fault hook that holds requests on the server's threads until the test opens a gate:
+    POSTs until `posts` is set, listings until `lists` is set. Nothing here depends on timing."""
+
+    def __init__(self) -> None:
+        self.posts = threading.Event()
+        self.lists = threading.Event()
+
+    def __call__(self, method: str, path: str) -> None:
+        (self.posts if method == "POST" else self.lists).wait()
+
+    def open(self) -> None:
+        self.posts.set()
+        self.lists.set()
+
+
+def wait_until(condition: Any) -> None:
+    """Poll until `condition()` is true; the suite's per-test timeout bounds a hang."""
+    while not condition():
         time.sleep(0.01)
-    keito_server.set_latency(0.0)
-    assert keito.flush(10.0)
+
+
+def test_a_timed_out_post_committed_late_is_found_by_listing(
+    keito_server: KeitoTestServer, ledger: Spool
+) -> None:
+    gate = keito_server.fault_hook = Gate()
+    keito.configure(request_timeout=0.2)
+    try:
+        run_sessions(1)
+        _export.notify()
+        # Both POSTs time out on our side while Keito still holds them...
+        wait_until(lambda: all("ReadTimeout" in (r["last_error"] or "") for r in ledger.records()))
+        assert all(r["ambiguous"] for r in ledger.records())
+        gate.posts.set()  # ...then Keito commits them, after our client gave up
+        assert keito_server.wait_for(time_entries=1, expenses=1)
+        gate.lists.set()
+        assert keito.flush(10.0)
+    finally:
+        gate.open()
     assert len(keito_server.time_entries) == 1 and len(keito_server.expenses) == 1
     assert keito_server.duplicates() == {}
-    assert len(posts(keito_server)) == 2 and [r.status for r in posts(keito_server)] == [201, 201]
-    assert any(r.method == "GET" for r in keito_server.requests)
+    assert len(posts(keito_server)) == 2  # found by listing, never POSTed again
+    assert any(r.method == "GET" and r.status == 200 for r in keito_server.requests)
 
 
 def test_a_retry_after_beyond_the_deadline_makes_flush_return_early(keito_server: KeitoTestServer) -> None:
-    keito_server.fail_next(429, count=1, retry_after=30, methods=("POST",))
+    keito_server.fail_next(429, count=1, retry_after=3600, methods=("POST",))
     run_sessions(1)
-    started = time.monotonic()
-    assert keito.flush(5.0) is False
-    assert time.monotonic() - started < 2.0
+    # Returning early is what lets this call end: waiting out its 3,000 s budget would trip the
+    # suite's per-test timeout, and waiting out the Retry-After would deliver (and return True).
+    assert keito.flush(3000.0) is False
     assert len(posts(keito_server)) == 1  # the other record waits too: the gate is exporter-wide
 
 
@@ -156,10 +206,9 @@ def test_a_permanent_refusal_is_a_dead_letter_with_the_reason(
 def test_401_pauses_delivery_until_the_settings_change(keito_server: KeitoTestServer, ledger: Spool) -> None:
     keito.configure(api_key="kto_wrong")
     run_sessions(3)
-    started = time.monotonic()
-    assert keito.flush(5.0) is False
-    assert time.monotonic() - started < 2.0  # returns early: nothing can progress while paused
-    time.sleep(0.3)
+    # Returns early (nothing can progress while paused): a 3,000 s wait would trip the suite's timeout.
+    assert keito.flush(3000.0) is False
+    assert keito.flush(0.3) is False  # another cycle or two: still no new request
     assert len(keito_server.requests) == 1  # no hammering with a bad key
     assert {r["state"] for r in ledger.records()} == {"pending"}
     assert any((r["last_error"] or "").startswith("401") for r in ledger.records())
@@ -190,35 +239,51 @@ def test_records_without_a_task_id_wait_for_the_setting(
 
 
 def test_flush_returns_by_its_deadline_with_the_server_down(keito_server: KeitoTestServer) -> None:
-    keito_server.stop()
+    keito_server.stop()  # until flush() returns: a flush that ignored its deadline would never end
     run_sessions(5)
-    started = time.monotonic()
     assert keito.flush(0.5) is False
-    assert time.monotonic() - started < 1.5  # the deadline, with slack for a loaded CI machine
     keito_server.start()
     assert keito.flush(10.0)
     assert len(keito_server.time_entries) == 5 and keito_server.duplicates() == {}
 
 
+def test_flush_returns_by_its_deadline_while_keito_holds_the_requests(keito_server: KeitoTestServer) -> None:
+    gate = keito_server.fault_hook = Gate()  # closed until flush() returns: no answer, ever, before that
+    try:
+        run_sessions(2)
+        assert keito.flush(0.3) is False
+        assert not [r for r in keito_server.requests if r.status is not None]  # Keito answered nothing
+    finally:
+        gate.open()
+    assert keito.flush(10.0)
+    assert len(keito_server.time_entries) == 2 and keito_server.duplicates() == {}
+
+
 def test_shutdown_returns_by_its_deadline_and_the_next_run_reconciles(
     keito_server: KeitoTestServer, ledger: Spool
 ) -> None:
-    keito_server.set_latency(1.0)
-    run_sessions(1)
-    _export.notify()
-    _export.flush(0.1)  # the POSTs are now in flight
-    started = time.monotonic()
-    assert keito.shutdown(0.3) is False
-    assert time.monotonic() - started < 1.5  # the deadline, with slack for a loaded CI machine
-    deadline = time.monotonic() + 5  # the cancelled thread gives its claims back (at once, unless CI is slow)
-    while {r["state"] for r in ledger.records()} != {"pending"} and time.monotonic() < deadline:
-        time.sleep(0.01)
-    records = ledger.records()
-    assert {r["state"] for r in records} == {"pending"} and all(r["ambiguous"] for r in records)
-    time.sleep(1.2)  # the server commits the requests it was holding
-    keito_server.set_latency(0.0)
+    gate = keito_server.fault_hook = Gate()
+    try:
+        run_sessions(1)
+        _export.notify()
+        # A new key's first request goes alone (a bad key costs one 401): the server holds it.
+        wait_until(lambda: keito_server.open_connections == 1)
+        exporter = [t for t in threading.enumerate() if t.name == "keito-instrument-exporter"]
+        assert keito.shutdown(0.3) is False  # returns although Keito has not answered
+        assert not keito_server.requests  # the server is still holding the request
+        for thread in exporter:
+            thread.join()  # the cancelled thread gives its claims back as it ends
+        records = ledger.records()
+        assert {r["state"] for r in records} == {"pending"} and all(r["ambiguous"] for r in records)
+        gate.posts.set()  # Keito now commits the request we gave up on
+        wait_until(lambda: len(keito_server.time_entries) + len(keito_server.expenses) == 1)
+    finally:
+        gate.open()
     assert keito.flush(10.0)
-    assert len(keito_server.time_entries) == 1 and keito_server.duplicates() == {}
+    assert len(keito_server.time_entries) == len(keito_server.expenses) == 1
+    assert keito_server.duplicates() == {}
+    assert len(posts(keito_server)) == 2  # the committed one was found by listing, not sent again
+    assert [r.path for r in keito_server.requests if r.method == "GET"]
 
 
 def test_the_exporter_suppresses_opentelemetry(

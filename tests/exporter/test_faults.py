@@ -76,7 +76,7 @@ def test_2000_sessions_through_a_fault_schedule_arrive_exactly_once(
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
     run_sessions(2000)
-    assert keito.flush(60.0), ledger.counts()
+    assert keito.flush(240.0), ledger.counts()  # a budget, not a speed test: it usually takes ~30 s
     assert outage_done.wait(5.0)
     assert len(keito_server.time_entries) == 2000
     assert len(keito_server.expenses) == 2000
@@ -110,10 +110,11 @@ def test_kill_9_mid_delivery_then_a_new_process_finishes_with_no_duplicates(tmp_
         finally:
             child.wait(10)
         assert child.returncode == -signal.SIGKILL
+        assert server.wait_idle(30.0)  # what the child had in flight is now stored (or refused)
         stored_at_kill = len(server.time_entries) + len(server.expenses)
-        time.sleep(0.2)  # requests the child had in flight reach the server
+        requests_at_kill = len(server.requests)
         left = Spool(ledger_path).counts()
-        assert left["pending"] + left["sending"] > 0, "the child finished before it was killed"
+        assert left["sending"] > 0, "the child held no claim when it was killed"  # killed mid-batch
         server.set_latency(0.0)
         finisher = subprocess.run(
             [*CHILD, "finish", server.url, ledger_path], cwd=ROOT, capture_output=True, text=True, timeout=90
@@ -125,6 +126,9 @@ def test_kill_9_mid_delivery_then_a_new_process_finishes_with_no_duplicates(tmp_
         assert stored_at_kill < 2 * sessions
         assert len(server.time_entries) == len(server.expenses) == sessions
         assert server.duplicates() == {}
+        # the dead child's claims were taken over as ambiguous: reconciled by listing before any POST
+        after = server.requests[requests_at_kill:]
+        assert after[0].method == "GET" and after[0].status == 200
 
 
 def test_the_atexit_drain_delivers_and_is_bounded(tmp_path: Path) -> None:
@@ -135,13 +139,11 @@ def test_the_atexit_drain_delivers_and_is_bounded(tmp_path: Path) -> None:
         assert up.returncode == 0
         assert len(server.time_entries) == len(server.expenses) == 20
         server.stop()
-        started = time.monotonic()
+        # Keito down for good: an unbounded drain would never end and trip the timeout (raises).
         down = subprocess.run(
             [*CHILD, "exit", server.url, str(tmp_path / "b.sqlite3"), "5"], cwd=ROOT, timeout=60
         )
-        elapsed = time.monotonic() - started
     assert down.returncode == 0
-    assert elapsed < 30  # bounded by atexit_timeout (3 s) plus interpreter start-up
     assert Spool(tmp_path / "b.sqlite3").counts()["pending"] == 10  # kept for the next process
 
 
