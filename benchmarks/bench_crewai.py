@@ -8,7 +8,8 @@ Three measurements, in one process, side by side:
      in microseconds per call; this is the CPU we add on CrewAI's handler threads;
   2. crew runs on a bus with only our listener vs. an empty bus (a crew of 2 agents, a fake LLM
      making `--calls` calls per kickoff), interleaved, median and min wall time per kickoff until
-     the session is stored (so "with keito" includes the session's one local ledger write);
+     the session is stored (so "with keito" includes the session's one local ledger write), and
+     the difference divided by the kickoff's LLM calls;
   3. the same on CrewAI's default bus (its console/trace handlers), with and without us.
 The ratios are what matter; absolute numbers depend on the machine.
 """
@@ -165,7 +166,7 @@ def compare(
     ):
         print(
             f"{label:<31} {stat:>6}  without: {b * 1e3:8.2f} ms   with keito: {o * 1e3:8.2f} ms   "
-            f"ratio {o / b:5.3f}   {(o - b) * 1e3:+6.2f} ms/kickoff"
+            f"ratio {o / b:5.3f}   {(o - b) * 1e3:+6.2f} ms/kickoff   {(o - b) / calls * 1e6:+7.1f} us/LLM call"
         )
 
 
