@@ -52,14 +52,10 @@ def test_two_kickoffs_are_two_sessions_with_their_own_tokens(
 
 
 def test_records_carry_usage_breakdown_and_framework(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
-    crew = make_crew(
-        usage={
-            "prompt_tokens": 1000,
-            "completion_tokens": 300,
-            "cached_prompt_tokens": 400,
-            "reasoning_tokens": 50,
-        }
-    )
+    usage = {"prompt_tokens": 1000, "completion_tokens": 300, "cached_prompt_tokens": 400, "reasoning_tokens": 50}
+    llm = fake_llm("gpt-4o-mini", [TOOL_STEP, FINAL, FINAL], usage)
+    llm.provider = "azure"  # the provider comes from the LLM instance, not from the model name
+    crew = make_crew(llm)
     crew.kickoff()
     settle(listener)
 
@@ -69,7 +65,7 @@ def test_records_carry_usage_breakdown_and_framework(listener: keito_crewai.Keit
     assert md["input_tokens"] == 3000 and md["output_tokens"] == 900
     assert md["cache_read_tokens"] == 1200 and md["reasoning_tokens"] == 150
     assert md["llm_calls"] == 3 and md["tool_calls"] == 1
-    assert md["model"] == "gpt-4o-mini"
+    assert md["model"] == "gpt-4o-mini" and md["provider"] == "azure"
     assert md["agent.Researcher.llm_calls"] == 2 and md["agent.Writer.llm_calls"] == 1
     assert md["task.adding.input_tokens"] == 2000 and md["task.writing.output_tokens"] == 300
     time_entries = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "time_entry"]

@@ -199,6 +199,22 @@ def test_open_kickoffs_are_bounded(ledger: Spool, monkeypatch: pytest.MonkeyPatc
     assert len(assembler._finished) == 2
 
 
+def test_call_ids_per_kickoff_are_bounded(ledger: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "MAX_IDS_PER_KICKOFF", 3)
+    assembler = KickoffAssembler(settle_timeout=30)
+    assembler.feed(CrewEvent(ev.KICKOFF_STARTED, "k"))
+    for i in range(10):
+        assembler.feed(CrewEvent(ev.LLM_STARTED, "k", item_id=f"c{i}"))
+    for i in range(10):
+        assembler.feed(CrewEvent(ev.LLM_COMPLETED, "k", item_id=f"c{i}", model="m", usage=OPENAI))
+    assembler.feed(CrewEvent(ev.LLM_COMPLETED, "k", item_id="c9", model="m", usage=OPENAI))  # a repeat
+    [kickoff] = assembler._open.values()
+    assert len(kickoff.open_calls) == 0 and len(kickoff.done) == 3
+    assembler.feed(CrewEvent(ev.KICKOFF_COMPLETED, "k"))
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == 10  # past the bound, the session's own call ids still count each once
+
+
 def test_many_threads_many_kickoffs(ledger: Spool) -> None:
     """Like CrewAI's 10-thread handler pool: events of 20 kickoffs, shuffled, from 10 threads."""
     events = [e for i in range(20) for e in kickoff_events(f"k{i}", calls=5, settled=False)]

@@ -63,7 +63,7 @@ def test_real_openai_provider_usage_is_billed_and_only_loopback_is_used(
     md = expense["payload"]["metadata"]
     assert md["cache_read_tokens"] == calls * 40
     assert md["reasoning_tokens"] == calls * 4
-    assert md["model"] == "gpt-4o-mini"
+    assert md["model"] == "gpt-4o-mini" and md["provider"] == "openai"
     assert md["tool_calls"] == (0 if stream else 1)
     # gpt-4o-mini is a known model: the expense is priced, not left unknown
     assert md["cost_usd"] is not None and md["cost_usd"] > 0
