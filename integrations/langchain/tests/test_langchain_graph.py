@@ -152,6 +152,7 @@ async def test_fifty_concurrent_ainvoke_sessions(ledger: Spool) -> None:
     assert len(keito_lc._table) == 0
     for i in range(50):
         assert keito.end_session(f"u-{i}")
+    assert keito.flush(timeout=30)
     rows = ledger.sessions()
     assert len(rows) == 100 and len({r["session_id"] for r in rows}) == 100
     named = {r["session_id"]: r for r in rows if r["session_id"].startswith("u-")}
@@ -217,8 +218,9 @@ def test_threads_running_chains_in_parallel(ledger: Spool) -> None:
     finally:
         _pipeline.remove_record_listener(listener)
     assert not errors
-    # The adapter's output: 80 distinct sessions of one call each. (Checked at the pipeline, not in
-    # the ledger: concurrent ledger writes from many threads are the core's concern.)
+    # The adapter's output: 80 distinct sessions of one call each, as the pipeline received them and
+    # as the ledger holds them.
     assert len({sid for sid, _, _ in built}) == 80
     assert all((calls, tokens) == (1, 9) for _, calls, tokens in built)
-    assert len(ledger.sessions()) >= 79
+    assert keito.flush(timeout=30)  # a write that met a busy spool went to the core's fallback writer
+    assert len(ledger.sessions()) == 80
