@@ -324,7 +324,7 @@ class KickoffAssembler:
         if session is None:
             return
         if kind == LLM_COMPLETED:
-            self._record_call(event, session)
+            self.record_call(event, session)
         elif kind in (LLM_FAILED, TASK_FAILED):
             session.record_error()
         elif kind in (TOOL_FINISHED, TOOL_FAILED):
@@ -340,7 +340,8 @@ class KickoffAssembler:
             kickoff.end_error = event.error or "kickoff failed"
 
     @staticmethod
-    def _record_call(event: CrewEvent, session: Any) -> None:
+    def record_call(event: CrewEvent, session: Any) -> None:
+        """Count a completed LLM call in `session` (once per call id)."""
         tokens = tokens_from_usage(event.usage)
         breakdown = {k: v for k, v in (("agent", _label(event.agent)), ("task", _label(event.task))) if v}
         session.record_llm_call(

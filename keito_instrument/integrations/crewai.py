@@ -179,6 +179,20 @@ class KeitoCrewListener:
             built = self._event(kind, source, event)
             if built is not None:
                 self.assembler.feed(built)
+            elif kind in (LLM_COMPLETED, LLM_FAILED):
+                self._outside_kickoffs(kind, source, event)
+
+    def _outside_kickoffs(self, kind: str, source: Any, event: Any) -> None:
+        # A call outside every kickoff (a bare `llm.call()`) is billed to the keito session open
+        # in its caller's context, if any; without one there is nothing to bill it to.
+        session = current_session()
+        if session is None:
+            return
+        if kind == LLM_FAILED:
+            session.record_error()
+            return
+        call = self._llm_event(kind, "", source, event, {})
+        KickoffAssembler.record_call(call, session)
 
     def _event(self, kind: str, source: Any, event: Any) -> CrewEvent | None:
         roots = self._roots()
@@ -217,20 +231,24 @@ class KeitoCrewListener:
             settled = kind == KICKOFF_COMPLETED and type(event).__name__ == "CrewKickoffCompletedEvent"
             return CrewEvent(kind, key, error=_text(error), settled=settled, **base)
         if kind in (LLM_STARTED, LLM_COMPLETED, LLM_FAILED):
-            return CrewEvent(
-                kind,
-                key,
-                item_id=getattr(event, "call_id", None),
-                model=getattr(event, "model", None),
-                provider=_text(getattr(source, "provider", None)),
-                usage=getattr(event, "usage", None) if kind == LLM_COMPLETED else None,
-                agent=getattr(event, "agent_role", None),
-                task=getattr(event, "task_name", None),
-                **base,
-            )
+            return self._llm_event(kind, key, source, event, base)
         if kind in (TOOL_FINISHED, TOOL_FAILED):
             return CrewEvent(kind, key, item_id=event.started_event_id or event.event_id, **base)
         return CrewEvent(kind, key, item_id=event.event_id, **base)
+
+    @staticmethod
+    def _llm_event(kind: str, key: str, source: Any, event: Any, base: dict[str, Any]) -> CrewEvent:
+        return CrewEvent(
+            kind,
+            key,
+            item_id=getattr(event, "call_id", None),
+            model=getattr(event, "model", None),
+            provider=_text(getattr(source, "provider", None)),
+            usage=getattr(event, "usage", None) if kind == LLM_COMPLETED else None,
+            agent=getattr(event, "agent_role", None),
+            task=getattr(event, "task_name", None),
+            **base,
+        )
 
     def _start_settings(self, source: Any, event: Any) -> dict[str, Any]:
         """Session id and options of a kickoff: per-crew settings, then crew inputs, win."""

@@ -191,6 +191,25 @@ def test_kickoffs_inside_a_keito_session_join_it(listener: keito_crewai.KeitoCre
     assert row["llm_calls"] == 6
 
 
+def test_bare_llm_calls_bill_the_open_keito_session_only(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, probe: Probe
+) -> None:
+    llm = fake_llm("gpt-4o-mini", [FINAL, RuntimeError("provider exploded")])
+    messages = [{"role": "user", "content": "2 + 3?"}]
+    llm.call(messages)  # no kickoff, no keito session: nothing to bill it to
+    settle(listener)
+    assert ledger.sessions() == []
+    with keito.session(session_id="bare"):
+        llm.calls = 0
+        llm.call(messages)
+        with pytest.raises(RuntimeError):
+            llm.call(messages)
+        settle(listener)
+    [row] = ledger.sessions()
+    assert (row["session_id"], row["llm_calls"], row["input_tokens"], row["errors"]) == ("bare", 1, 100, 1)
+    assert probe.calls == 2
+
+
 def test_track_agent_around_a_kickoff(listener: keito_crewai.KeitoCrewListener, ledger: Spool) -> None:
     crew = make_crew()
 
