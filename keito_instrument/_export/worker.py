@@ -322,7 +322,13 @@ class Exporter:
             if time.time() < gate or self._stopping:
                 return Outcome("release", ambiguous=False)
             out = await post(client, rec.path, rec.payload)
-            if out.kind in ("delivered", "dead"):
+            if out.status == 403 and self._verified:
+                # Keito has accepted this key and account: the refusal is about this record (a
+                # project the key may not use). A dead letter, rather than pausing everything; the
+                # next request probes alone, so a 403 for the whole account still pauses at once.
+                self._verified = False
+                out = Outcome("dead", reason=out.reason, status=403)
+            elif out.kind in ("delivered", "dead"):
                 self._verified = True
             self._note(out)  # at once: a pause or a Retry-After gates the requests still queued
             return out

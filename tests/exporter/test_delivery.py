@@ -203,6 +203,32 @@ def test_a_permanent_refusal_is_a_dead_letter_with_the_reason(
     assert "refused a" in caplog.text
 
 
+def test_a_403_for_one_record_is_its_dead_letter_not_a_pause(
+    keito_server: KeitoTestServer, ledger: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_sessions(1)
+    assert keito.flush(10.0)  # Keito has accepted this key and account
+    keito_server.fail_next(403, count=1, methods=("POST",))  # say, a project the key may not use
+    run_sessions(3)
+    assert keito.flush(10.0)  # nothing is left pending: delivery did not pause
+    dead = ledger.records(state="dead")
+    assert len(dead) == 1 and dead[0]["last_error"] == "403 forbidden: injected fault"
+    assert len(keito_server.time_entries) + len(keito_server.expenses) == 7
+    assert not _export.state().paused and "paused" not in caplog.text
+
+
+def test_a_403_on_a_key_not_yet_accepted_pauses(keito_server: KeitoTestServer, ledger: Spool) -> None:
+    keito.configure(account_id="cm_another_company")  # the server answers 403 to every request
+    run_sessions(3)
+    assert keito.flush(3000.0) is False  # returns early: nothing can progress while paused
+    assert len(keito_server.requests) == 1 and _export.state().paused
+    wait_until(lambda: ledger.counts()["sending"] == 0)  # flush() may return before the claims are given back
+    assert {r["state"] for r in ledger.records()} == {"pending"}  # kept, not killed
+    keito.configure(account_id=keito_server.account_id)
+    assert keito.flush(10.0)
+    assert len(keito_server.time_entries) == len(keito_server.expenses) == 3
+
+
 def test_401_pauses_delivery_until_the_settings_change(keito_server: KeitoTestServer, ledger: Spool) -> None:
     keito.configure(api_key="kto_wrong")
     run_sessions(3)
@@ -210,6 +236,7 @@ def test_401_pauses_delivery_until_the_settings_change(keito_server: KeitoTestSe
     assert keito.flush(3000.0) is False
     assert keito.flush(0.3) is False  # another cycle or two: still no new request
     assert len(keito_server.requests) == 1  # no hammering with a bad key
+    wait_until(lambda: ledger.counts()["sending"] == 0)
     assert {r["state"] for r in ledger.records()} == {"pending"}
     assert any((r["last_error"] or "").startswith("401") for r in ledger.records())
     keito.configure(api_key=keito_server.api_key)
