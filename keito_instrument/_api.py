@@ -32,31 +32,42 @@ def current_session() -> Session | None:
 
 
 def begin_run(
-    session_id: str | None = None, *, close: str = "runs", join_current: bool = True, **options: Any
+    session_id: str | None = None,
+    *,
+    close: str = "runs",
+    join_current: bool = True,
+    started_at: float | None = None,
+    **options: Any,
 ) -> Run | None:
     """Open a root run for an adapter: joins the enclosing or named open session, else starts one.
 
     `close="runs"` ends the session when its last run ends; `close="idle"` keeps it open across
     runs (a LangGraph thread, a chat) until `idle_timeout` passes or `end_session()` is called.
+    `started_at` (wall-clock epoch seconds, e.g. an event's or a span's timestamp) bills the run
+    from when its work began rather than from when the hook ran (never later than now).
     Never raises; returns None when disabled or on an internal error.
     """
     with guard("begin_run"):
         if get_settings().disabled:
             return None
         return _pipeline.registry.begin_run(
-            session_id, _options(**options), close=close, join_current=join_current
+            session_id, _options(**options), close=close, join_current=join_current, started_at=started_at
         )
     return None
 
 
 @guarded("end_run")
-def end_run(run: Run | None, error: BaseException | None = None) -> None:
-    """Close a run opened with `begin_run`; an error is counted and the session still bills."""
+def end_run(run: Run | None, error: BaseException | None = None, *, ended_at: float | None = None) -> None:
+    """Close a run opened with `begin_run`; an error is counted and the session still bills.
+
+    `ended_at` (wall-clock epoch seconds) bills the run up to when its work really ended (a
+    completion event handled late, a span's end time); it is kept between the run's start and now.
+    """
     if run is None:
         return
     if error is not None:
         run.session.record_error()
-    _pipeline.registry.end_run(run)
+    _pipeline.registry.end_run(run, ended_at)
 
 
 @guarded("end_session", default=False)

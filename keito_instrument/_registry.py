@@ -96,18 +96,19 @@ class Registry:
         *,
         close: str = "runs",
         join_current: bool = True,
+        started_at: float | None = None,
     ) -> Run | None:
         """Open a root run in the resolved session (retrying once if it ended meanwhile)."""
         for _ in range(2):
             session = self.resolve(session_id, options, close=close, join_current=join_current)
-            run = session.begin_run(get_settings().max_open_runs)
+            run = session.begin_run(get_settings().max_open_runs, started_at)
             if run is not None:
                 return run
         return None
 
-    def end_run(self, run: Run) -> None:
+    def end_run(self, run: Run, ended_at: float | None = None) -> None:
         """Close a run; the session ends if that was its last run and it closes with its runs."""
-        snapshot = run.session.end_run(run)
+        snapshot = run.session.end_run(run, ended_at)
         if snapshot is not None:
             self._forget(run.session)
             with guard("session end"):

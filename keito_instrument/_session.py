@@ -118,13 +118,23 @@ class Session:
         self.ended = False
 
     # -- runs ---------------------------------------------------------------------------------
-    def begin_run(self, max_open: int = 10_000) -> Run | None:
+    def mono(self, wall: float | None, now: float) -> float:
+        """A wall-clock time (epoch seconds, e.g. an event's timestamp) on this session's monotonic
+        clock, never later than `now`; None gives `now`."""
+        if wall is None:
+            return now
+        return min(now, self._mono0 + (wall - self._wall0))
+
+    def begin_run(self, max_open: int = 10_000, started_at: float | None = None) -> Run | None:
         """Open a run; None if the session already ended.
 
+        `started_at` (wall-clock epoch seconds) back-dates the run to when its work really began,
+        e.g. the timestamp of a framework event handled late; it is never later than now.
         Beyond `max_open` open runs the oldest is closed now (its end evidently never arrives), so
         a leaking caller cannot grow this table without bound.
         """
         now = time.monotonic()
+        start = self.mono(started_at, now)
         with self._lock:
             if self.ended:
                 return None
@@ -132,22 +142,27 @@ class Session:
                 oldest = next(iter(self._open_runs))
                 self._add_interval(self._open_runs.pop(oldest), now)
             self._next_run += 1
-            self._open_runs[self._next_run] = now
+            self._open_runs[self._next_run] = start
             self._last_activity = now
             self.had_runs = True
-            return Run(self, self._next_run, now)
+            return Run(self, self._next_run, start)
 
-    def end_run(self, run: Run) -> SessionSnapshot | None:
+    def end_run(self, run: Run, ended_at: float | None = None) -> SessionSnapshot | None:
         """Close a run. If it was the last run of a session that closes with its runs, the session
         ends in the same locked step (so no other thread can join it in between) and its snapshot
-        is returned; otherwise None."""
+        is returned; otherwise None.
+
+        `ended_at` (wall-clock epoch seconds) is when the run's work really ended (an event's
+        timestamp); it is kept between the run's start and now.
+        """
         now = time.monotonic()
+        end = self.mono(ended_at, now)
         with self._lock:
             if run._ended or self.ended:
                 return None
             run._ended = True
             start = self._open_runs.pop(run.run_id, run.start)
-            self._add_interval(start, now)
+            self._add_interval(start, max(start, end))
             self._last_activity = now
             if self.close == "runs" and not self._open_runs:
                 return self._finish_locked("completed", now)

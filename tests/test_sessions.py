@@ -177,3 +177,27 @@ def test_open_runs_per_session_are_capped(ledger: Spool) -> None:
     for run in runs:
         keito.end_run(run)
     assert [r["session_id"] for r in ledger.sessions()] == ["busy"]
+
+
+def test_runs_can_be_billed_by_their_event_times(ledger: Spool) -> None:
+    """Adapters pass the framework's own timestamps: a late hook does not bill the delay as work."""
+    now = time.time()
+    run = keito.begin_run("evented", started_at=now - 10.0, framework="test")
+    assert run is not None
+    keito.end_run(run, ended_at=now - 4.0)
+    (row,) = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(6.0, abs=1e-6)
+    assert row["started_at"] == pytest.approx(now - 10.0, abs=1e-6)
+
+
+def test_event_times_are_clamped_to_now_and_to_the_runs_start(ledger: Spool) -> None:
+    future = keito.begin_run("future-start", started_at=time.time() + 3600, framework="test")
+    assert future is not None
+    keito.end_run(future, ended_at=time.time() + 7200)
+    backwards = keito.begin_run("end-before-start", framework="test")
+    assert backwards is not None
+    backwards.session.record_llm_call("gpt-4o-mini", "openai", input_tokens=10, output_tokens=1)  # stored
+    keito.end_run(backwards, ended_at=time.time() - 3600)
+    rows = {r["session_id"]: r for r in ledger.sessions()}
+    assert 0 <= rows["future-start"]["active_seconds"] < 60  # nothing is billed ahead of the clock
+    assert rows["end-before-start"]["active_seconds"] == 0
