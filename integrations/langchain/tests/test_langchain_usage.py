@@ -106,7 +106,9 @@ def test_marks_cache_hits_reads_the_converter() -> None:
 
     assert marks_cache_hits(marking)
     assert not marks_cache_hits(lambda cached: cached) and not marks_cache_hits(None)
-    assert marks_cache_hits(BaseChatModel._convert_cached_generations)  # this langchain-core marks hits
+    converter = getattr(BaseChatModel, "_convert_cached_generations", None)
+    # langchain-core releases that mark cache hits do it in this converter; older ones have none
+    assert marks_cache_hits(converter) is (converter is not None)
 
 
 def test_overrides_and_control_flow() -> None:
