@@ -11,6 +11,11 @@ ids: a kickoff by the `event_id` of its start event (`CrewEvent.key`), a call by
 tool use by its `started_event_id`. An end that is not `settled` (events emitted before it may
 still be unhandled) waits for `settled(key)`, which the adapter calls once the bus has drained;
 a kickoff also waits for the completions of its calls still open. `settle_timeout` bounds both.
+
+Time is billed by the events' own times (`CrewEvent.at`, the bus event's timestamp), never by when
+a handler ran: a kickoff's run starts at the earliest event time seen for it (its start event's,
+once that is handled) and ends at its end event's time, so neither a busy handler pool nor the
+waits above are billed as work.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class CrewEvent:
         item_id: The call id (LLM events) or start event id (tool events) used to count once.
         usage: The provider-shaped usage dict of a completed LLM call.
         settled: For an end event: every event emitted before it has already been handled.
+        at: When the event happened (wall-clock epoch seconds, the bus event's timestamp); None
+            when unknown (the time it is handled is used instead).
     """
 
     kind: str
@@ -76,6 +83,7 @@ class CrewEvent:
     task: str | None = None
     error: str | None = None
     settled: bool = True
+    at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -163,11 +171,24 @@ def _label(value: str | None) -> str | None:
 
 
 class _Kickoff:
-    __slots__ = ("created", "done", "end_error", "ending", "open_calls", "run", "timer", "unsettled")
+    __slots__ = (
+        "created",
+        "done",
+        "end_at",
+        "end_error",
+        "ending",
+        "first_at",
+        "open_calls",
+        "run",
+        "timer",
+        "unsettled",
+    )
 
-    def __init__(self, run: Run | None) -> None:
+    def __init__(self, run: Run | None, first_at: float | None) -> None:
         self.run = run
         self.created = time.monotonic()
+        self.first_at = first_at  # the earliest event time seen (the run's start), if known
+        self.end_at: float | None = None  # the end event's time
         self.open_calls: set[str] = set()
         self.done: set[str] = set()
         self.ending = False
@@ -236,6 +257,7 @@ class KickoffAssembler:
                 self.late_events += 1
                 _log.debug("keito-instrument: crewai %s after its kickoff ended; not billed", event.kind)
             else:
+                self._backdate(event, kickoff)
                 if event.kind in ENDING:
                     self._mark_end(event, kickoff)
                 else:
@@ -287,7 +309,11 @@ class KickoffAssembler:
         # The first event seen for a kickoff opens its run, whatever its kind: `Agent.kickoff`
         # does not wait for its start handlers, so a call may be handled before the start.
         # (Opening a run is O(1) in the core; rarely it also ends an evicted or idle session.)
-        kickoff = _Kickoff(self._begin_run(event))
+        run = self._begin_run(event)
+        first_at = event.at
+        if first_at is None and run is not None:
+            first_at = run.session.wall(run.start)  # an event without a time: when it was handled
+        kickoff = _Kickoff(run, first_at)
         self._open[event.key] = kickoff
         while len(self._open) > MAX_OPEN_KICKOFFS:
             old_key, old = self._open.popitem(last=False)
@@ -305,7 +331,28 @@ class KickoffAssembler:
         if session_id is None and caller is not None and get_session(caller) is not None:
             session_id = caller
         options = {"framework": self.framework, **event.options}
-        return self._begin(session_id, join_current=False, **options)
+        return self._begin(session_id, join_current=False, started_at=event.at, **options)
+
+    @staticmethod
+    def _backdate(event: CrewEvent, kickoff: _Kickoff) -> None:
+        """Start the kickoff's run at `event.at` if that is earlier than any event time seen.
+
+        The first event handled opens the run, and it need not be the first one emitted (an
+        `Agent.kickoff`'s start may be handled after its calls). The core cannot move a run's
+        start, so a run starting at the earlier time is opened in the same session and the old
+        one is closed at its own start (a zero-length interval, inside the new run's).
+        """
+        at, run = event.at, kickoff.run
+        if at is None or (kickoff.first_at is not None and at >= kickoff.first_at):
+            return
+        kickoff.first_at = at
+        if run is None:
+            return
+        earlier = run.session.begin_run(started_at=at)
+        if earlier is None:  # the session has ended (e.g. `end_session()`): nothing to move
+            return
+        kickoff.run = earlier
+        end_run(run, ended_at=run.session.wall(run.start))
 
     def _apply(self, event: CrewEvent, kickoff: _Kickoff) -> None:
         kind, item = event.kind, event.item_id
@@ -335,6 +382,7 @@ class KickoffAssembler:
     @staticmethod
     def _mark_end(event: CrewEvent, kickoff: _Kickoff) -> None:
         kickoff.ending = True
+        kickoff.end_at = event.at
         kickoff.unsettled = not event.settled
         if event.kind == KICKOFF_FAILED:
             kickoff.end_error = event.error or "kickoff failed"
@@ -372,7 +420,10 @@ class KickoffAssembler:
     def _end(self, kickoff: _Kickoff) -> None:
         try:
             error = RuntimeError(kickoff.end_error) if kickoff.end_error is not None else None
-            end_run(kickoff.run, error)
+            # Billed up to the end event's time, not to when the kickoff could be closed: waiting
+            # for the bus to drain or for calls in flight is not work. (No end event, as when
+            # closed by `close_all()` or evicted: now.)
+            end_run(kickoff.run, error, ended_at=kickoff.end_at)
         finally:
             with self._lock:
                 self._ending -= 1

@@ -5,7 +5,8 @@
     keito_crewai.instrument(project_id="p1", task_id="t1")   # once, before or after building crews
     crew.kickoff(inputs={...})                                # one session: time entry + LLM expense
 
-Sessions: a kickoff's interval runs from its start event to its completed or failed event. A
+Sessions: a kickoff's interval runs from its start event to its completed or failed event, by
+the events' own timestamps (not by when our handlers ran, which may be late and in any order). A
 kickoff inside an open keito session (`@track_agent`, `keito.session()`) joins it; a kickoff inside
 another kickoff joins the outer one's session. Per-crew settings come from `instrument(crew=...)`
 or from the crew's inputs (`keito_session_id`, `keito_project_id`, `keito_task_id`,
@@ -26,9 +27,11 @@ work under one short lock and never raises into CrewAI. crewai itself is importe
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from keito_instrument.adapters import current_session, guard, missing_extra
@@ -217,6 +220,7 @@ class KeitoCrewListener:
             "session_id": self.session_id,
             "caller_session": caller.session_id if caller else None,
             "options": self.options,
+            "at": event_time(event),
         }
         if kind == KICKOFF_STARTED:
             base.update(self._start_settings(source, event))
@@ -312,6 +316,23 @@ def _check(options: Mapping[str, Any]) -> None:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def event_time(event: Any) -> float | None:
+    """When a CrewAI event happened, in wall-clock epoch seconds (None if it carries no time).
+
+    CrewAI stamps every event with `timestamp` when it is created, in the emitting thread: an
+    aware UTC datetime (`datetime.now(timezone.utc)`, crewai 1.x), converted exactly. A naive
+    one, as `datetime.now()` gave in older releases, is local time, which is how Python reads it.
+    """
+    value = getattr(event, "timestamp", None)
+    if not isinstance(value, datetime):
+        return None
+    try:
+        seconds = value.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 _listener: KeitoCrewListener | None = None

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from _crewai_fakes import fake_llm
+from _crewai_fakes import FakeLLM, fake_llm
 from crewai import Agent, Crew, Process, Task
+from crewai.events import crewai_event_bus
 from crewai.tools import tool
 
 import keito_instrument as keito
@@ -306,6 +309,10 @@ class Gate:
         """Handle events of `kind` only once the event named `until(event)` was handled."""
         self._holds.append((kind, until))
 
+    def open(self, name: str) -> None:
+        """Release the events held `until` `name` (a name no event has)."""
+        self._event(name).set()
+
     def _event(self, name: str) -> threading.Event:
         with self._lock:
             return self._opened.setdefault(name, threading.Event())
@@ -436,3 +443,138 @@ def test_streaming_crew_and_hierarchical_process(listener: keito_crewai.KeitoCre
     worker_calls = hierarchical.agents[0].llm.calls  # the agents share one fake LLM
     assert second["llm_calls"] == manager_llm.calls + worker_calls
     assert second["input_tokens"] == second["llm_calls"] * 100
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ROOT_EVENTS = (
+    "CrewKickoffStartedEvent",
+    "CrewKickoffCompletedEvent",
+    "CrewKickoffFailedEvent",
+    "LiteAgentExecutionStartedEvent",
+    "LiteAgentExecutionCompletedEvent",
+    "LLMCallStartedEvent",
+)
+
+
+class Stamps:
+    """An independent record of the bus events' own timestamps (epoch seconds), by event type."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.naive = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, source: Any, event: Any) -> None:
+        stamp: datetime = event.timestamp
+        with self._lock:
+            if stamp.tzinfo is None:
+                self.naive += 1  # crewai 1.x stamps events in UTC, timezone-aware
+            else:
+                self.times.setdefault(event.type, []).append((stamp - EPOCH).total_seconds())
+
+    def one(self, event_type: str) -> float:
+        [stamp] = self.times[event_type]
+        return stamp
+
+
+@pytest.fixture
+def stamps(listener: keito_crewai.KeitoCrewListener) -> Iterator[Stamps]:
+    """A `Stamps` on the bus beside our listener."""
+    from crewai import events
+
+    record = Stamps()
+    classes = [getattr(events, name) for name in ROOT_EVENTS]
+    for cls in classes:
+        crewai_event_bus.register_handler(cls, record)
+    try:
+        yield record
+    finally:
+        for cls in classes:
+            crewai_event_bus.off(cls, record)
+
+
+def hold_for_a_while(since: float, length: float) -> float:
+    """Keep a gated handler waiting (like a busy pool) until `length` seconds after `since`;
+    returns the time it is let go. Only the order of events matters to the assertions."""
+    until = since + length
+    pause = threading.Event()
+    while time.time() < until:
+        pause.wait(length / 10)
+    return time.time()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["completed", "failed"])
+def test_a_kickoff_is_billed_by_its_events_times_not_its_handlers(
+    listener: keito_crewai.KeitoCrewListener,
+    ledger: Spool,
+    monkeypatch: pytest.MonkeyPatch,
+    stamps: Stamps,
+    fails: bool,
+) -> None:
+    """The end's handler runs long after the crew finished (a busy pool): that delay is not work."""
+    gate = Gate(listener, monkeypatch)
+    end = ev.KICKOFF_FAILED if fails else ev.KICKOFF_COMPLETED
+    gate.hold(end, lambda e: "let go")
+    crew = make_crew(fake_llm("gpt-4o-mini", [TOOL_STEP, FINAL, RuntimeError("provider exploded") if fails else FINAL]))
+    for agent in crew.agents:
+        assert isinstance(agent, Agent)
+        agent.max_retry_limit = 0  # fail once, not three times
+    began = time.time()
+    if fails:
+        with pytest.raises(RuntimeError, match="provider exploded"):
+            crew.kickoff()
+    else:
+        crew.kickoff()
+    returned = time.time()  # our end handler is still held: crewai does not wait for it
+    let_go = hold_for_a_while(returned, max(0.05, 2 * (returned - began)))
+    assert ledger.sessions() == []
+    gate.open("let go")
+    settle(listener)
+
+    assert gate.timed_out == 0 and stamps.naive == 0
+    started = stamps.one("crew_kickoff_started")
+    ended = stamps.one("crew_kickoff_failed" if fails else "crew_kickoff_completed")
+    [row] = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(ended - started, abs=1e-3)
+    assert row["started_at"] == pytest.approx(started, abs=1e-3)
+    assert row["active_seconds"] < let_go - ended  # shorter than the time its end waited for us
+    assert row["errors"] == (3 if fails else 0)
+
+
+class SlowToCall(FakeLLM):
+    """Works `think` seconds before each call, so a run opened by a call starts measurably late."""
+
+    think: float = 0.05
+
+    def call(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        hold_for_a_while(time.time(), self.think)
+        return super().call(messages, *args, **kwargs)
+
+
+def test_an_agent_kickoff_opened_by_its_call_is_back_dated_to_its_start(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool, monkeypatch: pytest.MonkeyPatch, stamps: Stamps
+) -> None:
+    """`Agent.kickoff`'s start handled after its call (which opens the run) and its end held long."""
+    gate = Gate(listener, monkeypatch)
+    gate.hold(ev.KICKOFF_STARTED, lambda e: ev.LLM_COMPLETED)
+    gate.hold(ev.KICKOFF_COMPLETED, lambda e: "let go")
+    llm = SlowToCall(model="gpt-4o-mini")
+    llm.script, llm.usage, llm.calls = [FINAL], {"prompt_tokens": 100, "completion_tokens": 20}, 0
+    agent = Agent(role="Solo", goal="Answer", backstory="Alone.", llm=llm)
+    began = time.time()
+    agent.kickoff("What is 2 + 3?")
+    returned = time.time()
+    let_go = hold_for_a_while(returned, max(0.05, 2 * (returned - began)))
+    gate.open("let go")
+    settle(listener)
+
+    assert gate.timed_out == 0 and stamps.naive == 0
+    kinds = gate.kinds()
+    assert kinds.index(ev.LLM_STARTED) < kinds.index(ev.KICKOFF_STARTED)  # the call opened the run
+    started = stamps.one("lite_agent_execution_started")
+    assert stamps.one("llm_call_started") - started >= llm.think  # so opening there would bill less
+    ended = stamps.one("lite_agent_execution_completed")
+    [row] = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(ended - started, abs=1e-3)
+    assert row["active_seconds"] < let_go - ended
+    assert (row["llm_calls"], row["input_tokens"]) == (1, 100)

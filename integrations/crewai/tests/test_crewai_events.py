@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -233,6 +235,131 @@ def test_many_threads_many_kickoffs(ledger: Spool) -> None:
     rows = ledger.sessions()
     assert len(rows) == 20
     assert all(row["llm_calls"] == 5 and row["input_tokens"] == 500 for row in rows)
+
+
+def timed(events: list[CrewEvent], t0: float, step: float = 0.5) -> list[CrewEvent]:
+    """The events stamped as emitted `step` seconds apart from `t0` (their emission order)."""
+    return [dataclasses.replace(event, at=t0 + i * step) for i, event in enumerate(events)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_billed_time_is_the_events_time_in_any_order(ledger: Spool, seed: int) -> None:
+    """Handled late, in any order (the end first, the start last): the events' times are billed."""
+    t0 = time.time() - 100  # a kickoff that ran a while ago; we hear of it only now
+    events = timed(kickoff_events("k", calls=3, settled=False), t0)  # 9 events: 4 s of work
+    random.Random(seed).shuffle(events)
+    unsettled: list[str] = []
+    assembler = KickoffAssembler(settle_timeout=30, on_unsettled=unsettled.append)
+    feed(assembler, events)
+    assembler.settled("k")
+    [row] = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(4.0, abs=1e-6)
+    assert row["started_at"] == pytest.approx(t0, abs=1e-6)
+    assert row["llm_calls"] == 3 and row["tool_calls"] == 1  # back-dating did not lose usage
+
+
+def test_a_start_handled_after_the_calls_back_dates_the_run(ledger: Spool) -> None:
+    """The first event handled opens the run at its own time; an earlier one moves the start."""
+    t0 = time.time() - 100
+    assembler = KickoffAssembler()
+    feed(
+        assembler,
+        [
+            CrewEvent(ev.LLM_COMPLETED, "k", item_id="c1", model="m", usage=OPENAI, at=t0 + 3),
+            CrewEvent(ev.LLM_STARTED, "k", item_id="c1", at=t0 + 1),
+            CrewEvent(ev.KICKOFF_STARTED, "k", at=t0),
+            CrewEvent(ev.TOOL_FINISHED, "k", item_id="t", at=t0 + 2),  # not earlier: no change
+        ],
+    )
+    [kickoff] = assembler._open.values()
+    assert kickoff.first_at == t0
+    assert kickoff.run is not None and kickoff.run.session.open_runs == 1  # the replaced runs closed
+    assembler.feed(CrewEvent(ev.KICKOFF_COMPLETED, "k", at=t0 + 4))
+    [row] = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(4.0, abs=1e-6)
+    assert (row["llm_calls"], row["tool_calls"], row["input_tokens"]) == (1, 1, 100)
+
+
+def test_waiting_for_calls_in_flight_is_not_billed(ledger: Spool) -> None:
+    t0 = time.time() - 100
+    assembler = KickoffAssembler(settle_timeout=30)
+    feed(
+        assembler,
+        [
+            CrewEvent(ev.KICKOFF_STARTED, "k", at=t0),
+            CrewEvent(ev.LLM_STARTED, "k", item_id="c1", at=t0 + 1),
+            CrewEvent(ev.KICKOFF_COMPLETED, "k", at=t0 + 5),
+        ],
+    )
+    assert ledger.sessions() == []  # c1 is still in flight
+    assembler.feed(CrewEvent(ev.LLM_COMPLETED, "k", item_id="c1", model="m", usage=OPENAI, at=t0 + 4))
+    [row] = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(5.0, abs=1e-6)  # up to the end event, not to now
+
+
+def test_a_failed_kickoff_is_billed_to_its_failure_event(ledger: Spool) -> None:
+    t0 = time.time() - 100
+    unsettled: list[str] = []
+    assembler = KickoffAssembler(settle_timeout=30, on_unsettled=unsettled.append)
+    feed(assembler, timed(kickoff_events("k", calls=1, fail=True, settled=False), t0, step=1.0))
+    assert unsettled == ["k"] and ledger.sessions() == []
+    assembler.settled("k")  # the drain: much later than the failure
+    [row] = ledger.sessions()
+    assert row["active_seconds"] == pytest.approx(5.0, abs=1e-6)  # 6 events, 1 s apart
+    assert row["errors"] == 2
+
+
+def test_event_times_are_kept_between_the_start_and_now(ledger: Spool) -> None:
+    before = time.time()
+    assembler = KickoffAssembler()
+    future = before + 3600  # a clock that is wrong: never billed beyond now
+    feed(assembler, [CrewEvent(ev.KICKOFF_STARTED, "k", at=future), CrewEvent(ev.KICKOFF_COMPLETED, "k", at=future)])
+    feed(
+        assembler,
+        [
+            CrewEvent(ev.KICKOFF_STARTED, "j", at=before - 10),
+            CrewEvent(ev.LLM_COMPLETED, "j", item_id="c", model="m", usage=OPENAI, at=before - 5),
+            CrewEvent(ev.KICKOFF_COMPLETED, "j", at=0.0),  # a clock stepped back: before the start
+        ],
+    )
+    after = time.time()
+    backwards, late = ledger.sessions()  # by start
+    assert late["started_at"] >= before
+    assert late["active_seconds"] <= after - before
+    assert backwards["active_seconds"] == 0.0  # an end before its start bills nothing
+
+
+def test_events_without_times_bill_when_they_are_handled(ledger: Spool) -> None:
+    before = time.time()
+    assembler = KickoffAssembler()
+    feed(assembler, kickoff_events("k", calls=1))  # `at` None throughout, as before event times
+    assembler.feed(CrewEvent(ev.KICKOFF_STARTED, "j"))
+    assembler.feed(CrewEvent(ev.TOOL_FINISHED, "j", item_id="t", at=before - 50))  # earlier than handling
+    assembler.feed(CrewEvent(ev.KICKOFF_COMPLETED, "j"))
+    after = time.time()
+    mixed, untimed = ledger.sessions()  # by start: the mixed one was back-dated 50 s
+    assert 0.0 <= untimed["active_seconds"] <= after - before
+    assert 50.0 <= mixed["active_seconds"] <= 50.0 + after - before
+
+
+def test_a_kickoff_in_an_open_session_is_billed_by_its_events(ledger: Spool) -> None:
+    t0 = time.time() - 100
+    assembler = KickoffAssembler()
+    entered = time.time()
+    with keito.session(session_id="outer") as s:
+        feed(
+            assembler,
+            [
+                CrewEvent(ev.LLM_COMPLETED, "a", caller_session=s.session_id, item_id="1", model="m", at=t0 + 2),
+                CrewEvent(ev.KICKOFF_STARTED, "a", caller_session=s.session_id, at=t0),
+                CrewEvent(ev.KICKOFF_COMPLETED, "a", caller_session=s.session_id, at=t0 + 3),
+            ],
+        )
+        assert s.open_runs == 1  # the session's own run: the kickoff's are closed
+    left = time.time()
+    [row] = ledger.sessions()
+    assert row["session_id"] == "outer" and row["started_at"] == pytest.approx(t0, abs=1e-6)
+    assert 3.0 <= row["active_seconds"] <= 3.0 + (left - entered)  # the kickoff's 3 s + the block
 
 
 @pytest.mark.guard_errors_expected
