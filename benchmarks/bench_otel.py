@@ -12,7 +12,8 @@ no GenAI attribute at all (a web app's ordinary traffic: it must cost little and
 Variants: bare provider (no processor); a no-op SpanProcessor; BatchSpanProcessor with a no-op
 exporter (the standard export path, a peer); ours with one session per trace (includes ending the
 session and its ledger write, amortised over the trace's spans); ours inside one open keito
-session (the hooks alone); ours on plain HTTP traces.
+session (the hooks alone); ours and the BatchSpanProcessor peer on plain HTTP traces (ours opens no
+session for them: a light per-trace record only).
 
     .venv/bin/python benchmarks/bench_otel.py            # 30 rounds x 200 traces
     .venv/bin/python benchmarks/bench_otel.py --quick    # a smoke run
@@ -135,6 +136,11 @@ def variants() -> list[Variant]:
             [KeitoSpanProcessor(agent_id="bench")],
             workload=http_trace,
             ours=True,
+        ),
+        Variant(
+            "BatchSpanProcessor, plain HTTP trace (peer)",
+            [BatchSpanProcessor(NoOpExporter())],
+            workload=http_trace,
         ),
         Variant("bare provider, plain HTTP trace", [], workload=http_trace),
     ]

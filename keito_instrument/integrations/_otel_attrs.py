@@ -76,6 +76,9 @@ SESSION_KEYS = (
 )
 # Baggage entries (W3C baggage travels with the request across services) naming a session.
 BAGGAGE_SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "keito.session_id")
+_SESSION_KEY_SET = frozenset(SESSION_KEYS)
+_DETAIL_KEYS = frozenset(CACHE_READ_KEYS + CACHE_WRITE_KEYS + REASONING_KEYS)
+_ASSOCIATION_SESSION_KEYS = ("session_id", "thread_id", "conversation_id")  # traceloop context values
 _GENAI_PREFIXES = ("gen_ai.", "llm.", "openinference.", "traceloop.")
 
 # Provider spellings seen in spans, mapped to the provider ids the pricing library knows. Names
@@ -163,7 +166,12 @@ def _int(value: Any) -> int | None:
 def first_int(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
     """The first integer-like value among `keys` (ints, floats and numeric strings are accepted)."""
     for key in keys:
-        found = _int(attributes.get(key))
+        value = attributes.get(key)
+        if value is None:
+            continue  # the common case: most names of a convention are absent
+        if type(value) is int:
+            return value
+        found = _int(value)
         if found is not None:
             return found
     return None
@@ -217,8 +225,15 @@ def classify(attributes: Mapping[str, Any]) -> str:
 
 
 def is_genai(attributes: Mapping[str, Any]) -> bool:
-    """Whether the span belongs to any GenAI convention (so its trace is billable agent work)."""
-    return any(key.startswith(_GENAI_PREFIXES) for key in attributes)
+    """Whether the span belongs to any GenAI convention (so its trace is billable agent work).
+
+    Every role marker `classify` reads has one of these prefixes, so a span for which this is
+    False is always OTHER: the keys alone decide, nothing is copied.
+    """
+    for key in attributes:  # noqa: SIM110 - a plain loop: no generator per span on the hot path
+        if key.startswith(_GENAI_PREFIXES):
+            return True
+    return False
 
 
 def read_usage(attributes: Mapping[str, Any]) -> CallUsage:
@@ -228,6 +243,10 @@ def read_usage(attributes: Mapping[str, Any]) -> CallUsage:
     conventions, OpenInference and OpenLLMetry; a span that reports only a total gets it as input.
     A model-call span without any token count is still a call: it is flagged `usage_missing`.
     """
+    return CallUsage(**_usage_fields(attributes))
+
+
+def _usage_fields(attributes: Mapping[str, Any]) -> dict[str, Any]:
     input_tokens = first_int(attributes, INPUT_KEYS)
     output_tokens = first_int(attributes, OUTPUT_KEYS)
     missing = input_tokens is None and output_tokens is None
@@ -235,21 +254,46 @@ def read_usage(attributes: Mapping[str, Any]) -> CallUsage:
         total = first_int(attributes, TOTAL_KEYS)
         if total is not None:
             input_tokens, missing = total, False
-    provider = first_text(attributes, PROVIDER_KEYS)
-    return CallUsage(
-        model=first_text(attributes, MODEL_KEYS) or "unknown",
-        provider=provider_id(provider),
-        input_tokens=max(0, input_tokens or 0),
-        output_tokens=max(0, output_tokens or 0),
-        cache_read_tokens=max(0, first_int(attributes, CACHE_READ_KEYS) or 0),
-        cache_write_tokens=max(0, first_int(attributes, CACHE_WRITE_KEYS) or 0),
-        reasoning_tokens=max(0, first_int(attributes, REASONING_KEYS) or 0),
-        usage_missing=missing,
-    )
+    cache_read = cache_write = reasoning = None
+    if not _DETAIL_KEYS.isdisjoint(attributes):  # most calls report no cache or reasoning counts
+        cache_read = first_int(attributes, CACHE_READ_KEYS)
+        cache_write = first_int(attributes, CACHE_WRITE_KEYS)
+        reasoning = first_int(attributes, REASONING_KEYS)
+    return {
+        "model": first_text(attributes, MODEL_KEYS) or "unknown",
+        "provider": provider_id(first_text(attributes, PROVIDER_KEYS)),
+        "input_tokens": max(0, input_tokens or 0),
+        "output_tokens": max(0, output_tokens or 0),
+        "cache_read_tokens": max(0, cache_read or 0),
+        "cache_write_tokens": max(0, cache_write or 0),
+        "reasoning_tokens": max(0, reasoning or 0),
+        "usage_missing": missing,
+    }
 
 
 def session_id_from(attributes: Mapping[str, Any] | None) -> str | None:
     """A session id named by span attributes or context values, if any."""
-    if not attributes:
-        return None
+    if not attributes or _SESSION_KEY_SET.isdisjoint(attributes):
+        return None  # one scan of the keys: the SDK's mapping raises on every missed lookup
     return first_text(attributes, SESSION_KEYS)
+
+
+def context_session_id(context: Mapping[str, Any], baggage: Mapping[str, Any]) -> str | None:
+    """A session id carried by an OpenTelemetry context (a mapping) or its baggage entries:
+    OpenInference `using_session` (`session.id`), traceloop association properties, baggage."""
+    found = _text(context.get("session.id"))
+    if found is not None:
+        return found
+    props = context.get("association_properties")
+    if isinstance(props, Mapping):
+        found = first_text(props, _ASSOCIATION_SESSION_KEYS)
+        if found is not None:
+            return found
+    return first_text(baggage, BAGGAGE_SESSION_KEYS) if baggage else None
+
+
+def call_kwargs(attributes: Mapping[str, Any], span_id: int) -> dict[str, Any]:
+    """The arguments of `record_llm_call` for a model-call span (its span id is the call id)."""
+    fields = _usage_fields(attributes)
+    fields["call_id"] = f"{span_id:016x}"
+    return fields

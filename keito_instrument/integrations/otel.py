@@ -6,12 +6,16 @@
     provider = TracerProvider()
     provider.add_span_processor(KeitoSpanProcessor(agent_id="support-bot", project_id="p-1"))
 
-Sessions: a root span (no parent, or a parent in another process) opens a run. Its session is the
-enclosing `keito.session()` if there is one, else the one named by `session.id` /
-`gen_ai.conversation.id` (span attributes at start, baggage, or OpenInference's `using_session`),
-kept open across traces until `idle_timeout`; else one session per trace, ending with its root span.
-Billed time is the union of the root spans. A trace with no GenAI span at all (a plain web request)
-bills nothing. Only model-call spans add usage (see `_otel_attrs.classify` and the README).
+Sessions: a root span (no parent, or a parent in another process) starts a trace. Its session is
+the `keito.session()` enclosing the root's start if there is one, else the one named by
+`session.id` / `gen_ai.conversation.id` (span attributes at start, baggage, or OpenInference's
+`using_session`), kept open across traces until `idle_timeout`; else one session per trace, ending
+with its root span. Billed time is the union of the root spans, by the spans' own timestamps.
+
+The session is opened lazily, at the trace's first GenAI span (back-dated to its roots' starts):
+until then a trace is a light record (root ids, start times, the session hints read at start), so
+a trace with no GenAI span at all (a plain web request) never touches the core and bills nothing.
+Only model-call spans add usage (see `_otel_attrs.classify` and the README).
 """
 
 from __future__ import annotations
@@ -51,35 +55,43 @@ _SUPPRESS_KEYS: tuple[str, ...] = tuple(
     k for k in (getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None), "suppress_instrumentation") if k
 )
 _SESSION_OPTIONS = frozenset(
-    {
-        "agent_id",
-        "agent_type",
-        "project_id",
-        "task_id",
-        "billable",
-        "notes",
-        "metadata",
-        "expense_category_id",
-        "idle_timeout",
-        "framework",
-    }
+    {"agent_id", "agent_type", "project_id", "task_id", "billable", "notes", "metadata", "expense_category_id"}
+    | {"idle_timeout", "framework"}
 )
-_LATE = 0  # run key of a trace first seen at a child's end (the processor was added late)
+_LATE = 0  # run key of a trace first seen at a GenAI span's end (the processor was added late)
 _MAX_SKIPPED = 10_000
 _MAX_CLOSED = 4_096
+# One guard object per hook: `guard` keeps no state, so reusing it saves an allocation per span.
+_ON_START = guard("otel on_start")
+_ON_END = guard("otel on_end")
 
 
 @dataclass(slots=True, eq=False)
 class _Trace:
-    """What the processor keeps per open trace: its session's runs and the counting-once state."""
+    """One open trace. Plain until its first GenAI span; then it holds its session and runs.
 
-    session: Session
-    runs: dict[int, Run]
-    created: float
-    joined: bool  # the session belongs to an enclosing keito.session(): never discarded
-    genai: bool = False
+    Every field below `lock` is read and written under it; the processor's own lock guards only
+    its tables (open traces, recently closed ones, suppressed spans), and is taken after it.
+    """
+
+    created: float  # monotonic: the age cap
+    enclosing: Session | None  # the keito session current at the first root's start
+    hint: str | None  # the session id named at the first root's start
+    roots: dict[int, float]  # open root span id -> its start (epoch seconds)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ended: list[tuple[float, float]] | None = None  # roots that ended before the session opened
+    session: Session | None = None
+    runs: dict[int, Run] = field(default_factory=dict)
+    closed: bool = False  # out of the table: a root starting now begins a new record
     errors: int = 0
     covered: set[int] = field(default_factory=set)  # spans whose subtree already had a counted call
+
+    def session_id(self) -> str | None:
+        """The id this trace bills (or would bill) to; None: the trace id."""
+        for found in (self.session, self.enclosing):
+            if found is not None:
+                return found.session_id
+        return self.hint
 
 
 class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
@@ -107,29 +119,29 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         self._max_age = float(max_trace_age)
         self._lock = threading.Lock()
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
-        self._closed: OrderedDict[int, str] = OrderedDict()  # recently closed trace -> session id
+        self._closed: OrderedDict[int, str | None] = OrderedDict()  # recently closed trace -> session id
         self._skipped: set[int] = set()  # spans started while instrumentation was suppressed
 
     # -- SpanProcessor hooks ------------------------------------------------------------------
     @override
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         """Runs on the thread starting the span; must not block or raise."""
-        with guard("otel on_start"):
-            ctx = span.get_span_context()
-            if _suppressed(parent_context):
+        with _ON_START:
+            ctx = parent_context if parent_context is not None else otel_context.get_current()
+            if ctx and _suppressed(ctx):
                 with self._lock:
                     if len(self._skipped) >= _MAX_SKIPPED:
                         self._skipped.clear()  # stay bounded; a missed skip costs one ignored span
-                    self._skipped.add(ctx.span_id)
+                    self._skipped.add(span.get_span_context().span_id)
                 return
             parent = span.parent
             if parent is None or parent.is_remote:
-                self._open_root(span, ctx.trace_id, ctx.span_id, parent_context)
+                self._open_root(span, ctx)
 
     @override
     def on_end(self, span: ReadableSpan) -> None:
         """Runs on the thread ending the span; must not block or raise."""
-        with guard("otel on_end"):
+        with _ON_END:
             ctx = span.context
             if ctx is None:
                 return
@@ -139,18 +151,27 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                     if span_id in self._skipped:
                         self._skipped.discard(span_id)
                         return
-            # One copy into a plain dict: the SDK's attribute mapping is slow to probe key by key.
-            values: Mapping[str, Any] = dict(span.attributes) if span.attributes else {}
-            role = attrs.classify(values)
             parent = span.parent
             is_root = parent is None or parent.is_remote
             trace = self._traces.get(trace_id)
-            if trace is None:
-                if role == attrs.OTHER and not attrs.is_genai(values):
+            attributes = span.attributes
+            if not attributes or not attrs.is_genai(attributes):
+                # A web app's own span (keys scanned, nothing copied): it only passes "already
+                # counted" up to its parent, and a root closes its trace.
+                if trace is not None:
+                    if span_id in trace.covered:
+                        self._count(trace, attrs.OTHER, {}, span, span_id, None if is_root else parent)
+                    if is_root:
+                        self._close_root(trace, trace_id, span_id, span)
+                return
+            # One copy into a plain dict: the SDK's attribute mapping is slow to probe key by key.
+            values: Mapping[str, Any] = dict(attributes)
+            role = attrs.classify(values)
+            if trace is None or not self._activate(trace, trace_id):
+                if trace_id in self._closed:
+                    self._straggler(trace_id, span_id, role, values)
                     return
-                if role == attrs.MODEL_CALL and self._record_straggler(trace_id, span_id, values):
-                    return
-                trace = self._open_late(trace_id, values)
+                trace = self._open_late(trace_id, values, span)
                 if trace is None:
                     return
             self._count(trace, role, values, span, span_id, None if is_root else parent)
@@ -166,8 +187,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                 self._traces.clear()
                 self._skipped.clear()
             for trace in traces:
-                for run in trace.runs.values():
-                    _api.end_run(run)
+                _close(trace)
 
     @override
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -176,56 +196,125 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             return _keito.flush(max(0.0, timeout_millis / 1000.0))
         return False
 
-    # -- sessions -------------------------------------------------------------------------------
-    def _begin(self, trace_id: int, session_id: str | None) -> tuple[Run | None, bool]:
-        """Open a run: in the enclosing keito session, else the named one, else one per trace."""
-        if _api.current_session() is not None:
-            return _api.begin_run(None, join_current=True, **self._options), True
-        if session_id is not None:
-            return _api.begin_run(session_id, close="idle", join_current=False, **self._options), False
-        return _api.begin_run(f"{trace_id:032x}", close="runs", join_current=False, **self._options), False
+    # -- traces ---------------------------------------------------------------------------------
+    def _open_root(self, span: Span, ctx: otel_context.Context) -> None:
+        span_ctx = span.get_span_context()
+        trace_id, span_id = span_ctx.trace_id, span_ctx.span_id
+        start = _seconds(span.start_time)
+        fresh: _Trace | None = None
+        evicted: list[_Trace] = []
+        for _ in range(4):  # each pass either succeeds or drops a closed record
+            trace = self._traces.get(trace_id)
+            if trace is not None:
+                with trace.lock:
+                    if not trace.closed:
+                        # Another root of the same trace in this process (fan-out from a remote
+                        # caller): one more interval of the trace's session.
+                        trace.roots[span_id] = start
+                        if trace.session is not None:
+                            self._open_runs(trace, trace_id, {span_id: start})
+                        return
+                with self._lock:
+                    if self._traces.get(trace_id) is trace:
+                        del self._traces[trace_id]
+                continue
+            if fresh is None:
+                # The context of the root's start decides the session: read it now, open it later.
+                enclosing = _api.current_session()
+                hint = None if enclosing is not None else _session_hint(span, ctx)
+                fresh = _Trace(time.monotonic(), enclosing, hint, {span_id: start})
+            with self._lock:
+                if trace_id not in self._traces:
+                    self._traces[trace_id] = fresh
+                    evicted = self._evict_locked(fresh.created)
+                    break
+        else:
+            return  # pragma: no cover - four other threads raced this one on the same trace
+        for old in evicted:
+            _log.debug("keito-instrument: closing an OpenTelemetry trace whose root span never ended")
+            _close(old)
+        attributes = span.attributes
+        if fresh is not None and attributes and attrs.is_genai(attributes):
+            self._activate(fresh, trace_id)  # a GenAI root (an agent run): its session opens now
 
-    def _open_root(
-        self, span: Span, trace_id: int, span_id: int, parent_context: otel_context.Context | None
-    ) -> None:
-        trace = self._traces.get(trace_id)
-        # Another root of the same trace in this process (e.g. fan-out from a remote caller) joins
-        # the trace's session; if that session was ended meanwhile (evicted), the trace starts afresh.
-        run = trace.session.begin_run() if trace is not None else None
-        if trace is None or run is None:
-            session_id = attrs.session_id_from(span.attributes) or _context_session_id(parent_context)
-            run, joined = self._begin(trace_id, session_id)
-            if run is None:
-                return
-            trace = _Trace(run.session, {}, time.monotonic(), joined)
-        replaced: _Trace | None = None
-        with self._lock:
-            current = self._traces.get(trace_id)
-            if current is not None and current is not trace:
-                # Another root of this trace was opened on another thread meanwhile.
-                if current.session is run.session:
-                    trace = current
-                else:
-                    replaced = current
+    def _evict_locked(self, now: float) -> list[_Trace]:
+        """Keep state bounded: take out the oldest traces beyond the count cap or the age cap."""
+        evicted: list[_Trace] = []
+        traces = self._traces
+        while len(traces) > self._max_traces or now - next(iter(traces.values())).created > self._max_age:
+            trace_id, trace = traces.popitem(last=False)
+            self._remember(trace_id, trace)
+            evicted.append(trace)
+            if not traces:
+                break
+        return evicted
+
+    def _remember(self, trace_id: int, trace: _Trace) -> None:
+        """Note a trace taken out of the table, so its stragglers are billed to its session id."""
+        self._closed[trace_id] = trace.session_id()
+        if len(self._closed) > _MAX_CLOSED:
+            self._closed.popitem(last=False)
+
+    def _activate(self, trace: _Trace, trace_id: int) -> bool:
+        """Open the trace's session at its first GenAI span; False if the trace is already closed."""
+        if trace.session is not None:
+            return True
+        with trace.lock:
+            if trace.closed:
+                return False
+            if trace.session is None and trace.roots:
+                self._open_runs(trace, trace_id, trace.roots)
+                for start, end in trace.ended or ():
+                    if trace.session is not None:  # roots that ended before: their intervals too
+                        run = trace.session.begin_run(started_at=start)
+                        _api.end_run(run, ended_at=end)
+                trace.ended = None
+        return True
+
+    def _open_runs(self, trace: _Trace, trace_id: int, roots: Mapping[int, float]) -> None:
+        """One run per root, back-dated to its start (trace.lock held)."""
+        session = trace.session
+        for span_id, start in sorted(roots.items(), key=lambda item: item[1]):
+            run = session.begin_run(started_at=start) if session is not None else None
+            if run is None:  # no session yet, or it ended meanwhile (evicted, idle, end_session)
+                run = self._begin(trace, trace_id, start)
+                if run is None:
+                    return
+                session = trace.session = run.session
             trace.runs[span_id] = run
-            self._traces[trace_id] = trace
-        if replaced is not None:
-            for old in replaced.runs.values():
-                _api.end_run(old)
-        self._evict()
 
-    def _open_late(self, trace_id: int, values: Mapping[str, Any]) -> _Trace | None:
-        """A trace first seen at a child's end: its root started before this processor was added."""
-        run, joined = self._begin(trace_id, attrs.session_id_from(values))
+    def _begin(self, trace: _Trace, trace_id: int, started_at: float) -> Run | None:
+        """A run in the keito session enclosing the root's start, else the named one, else the trace's."""
+        session_id, close = (trace.hint, "idle") if trace.hint is not None else (f"{trace_id:032x}", "runs")
+        if trace.enclosing is not None:
+            run = trace.enclosing.begin_run(started_at=started_at)
+            if run is not None:
+                return run
+            # It ended before the trace's first GenAI span: the trace still bills under its id.
+            session_id, close = trace.enclosing.session_id, "runs"
+        return _api.begin_run(session_id, close=close, join_current=False, started_at=started_at, **self._options)
+
+    def _open_late(self, trace_id: int, values: Mapping[str, Any], span: ReadableSpan) -> _Trace | None:
+        """A trace first seen at a GenAI span's end: its root started before this processor was added.
+
+        Billed from the start of that span (the earliest time known) until its root's end; the
+        root's end brings its start time, and the trace is then billed from there.
+        """
+        enclosing = _api.current_session()
+        hint = None if enclosing is not None else attrs.session_id_from(values)
+        fresh = _Trace(time.monotonic(), enclosing, hint, {})
+        run = self._begin(fresh, trace_id, _seconds(span.start_time))
         if run is None:
             return None
-        fresh = _Trace(run.session, {_LATE: run}, time.monotonic(), joined, genai=True)
+        fresh.session, fresh.runs[_LATE] = run.session, run
         with self._lock:
             trace = self._traces.setdefault(trace_id, fresh)
+            evicted = self._evict_locked(fresh.created) if trace is fresh else []
         if trace is not fresh:
             _api.end_run(run)  # another thread got there first
-        self._evict()
-        return trace
+        for old in evicted:
+            _close(old)
+        return trace if trace.session is not None else None
 
     def _count(
         self,
@@ -237,83 +326,64 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         parent: Any,
     ) -> None:
         """Count once: a model call whose subtree already held a counted call is a wrapper, not a call."""
-        if role == attrs.OTHER and span_id not in trace.covered:
-            # The common case for a web app's own spans: nothing to count, nothing to carry up.
-            if not trace.genai and attrs.is_genai(values):
-                trace.genai = True
+        session = trace.session
+        if session is None or (role == attrs.OTHER and span_id not in trace.covered):
             return
-        trace.genai = True
-        with self._lock:
+        failed = span.status.status_code is StatusCode.ERROR and role in (attrs.MODEL_CALL, attrs.TOOL)
+        with trace.lock:
             covered = span_id in trace.covered
             if covered:
                 trace.covered.discard(span_id)
             if parent is not None and (covered or role == attrs.MODEL_CALL):
                 trace.covered.add(parent.span_id)
-        session = trace.session
-        failed = span.status.status_code is StatusCode.ERROR
+            if failed:
+                trace.errors += 1
         if role == attrs.MODEL_CALL and not covered:
-            _record(session, values, span_id)
+            session.record_llm_call(**attrs.call_kwargs(values, span_id))
         elif role == attrs.TOOL:
             session.record_tool_call()
-        if failed and role in (attrs.MODEL_CALL, attrs.TOOL):
-            trace.errors += 1
+        if failed:
             session.record_error()
 
     def _close_root(self, trace: _Trace, trace_id: int, span_id: int, span: ReadableSpan) -> None:
-        with self._lock:
-            run = trace.runs.pop(span_id, None) or trace.runs.pop(_LATE, None)
-            last = not trace.runs
-            if last and self._traces.get(trace_id) is trace:
-                del self._traces[trace_id]
-                self._closed[trace_id] = trace.session.session_id
-                while len(self._closed) > _MAX_CLOSED:
-                    self._closed.popitem(last=False)
+        end = _seconds(span.end_time)
+        extra: Run | None = None
+        with trace.lock:
+            start = trace.roots.pop(span_id, None)
+            run = trace.runs.pop(span_id, None)
+            if run is None and _LATE in trace.runs:
+                run = trace.runs.pop(_LATE)
+                if trace.session is not None:  # the root's start is known at last: bill from there
+                    extra = trace.session.begin_run(started_at=_seconds(span.start_time))
+            elif trace.session is None and start is not None and trace.roots:
+                if trace.ended is None:
+                    trace.ended = []
+                trace.ended.append((start, end))
+            if not trace.roots and not trace.runs and not trace.closed:
+                trace.closed = True  # its last root: out of the table, remembered for stragglers
+                with self._lock:
+                    if self._traces.get(trace_id) is trace:
+                        del self._traces[trace_id]
+                        self._remember(trace_id, trace)
+            errors = trace.errors
         if run is None:
             return
-        session = run.session
-        if last and not trace.genai and not trace.joined and _discardable(session):
-            # No GenAI span in the whole trace (a plain web request): not agent work, bill nothing.
-            session.finish("not_genai")
-            if _api.get_session(session.session_id) is session:  # drop it from the open table
-                _api.end_session(session.session_id)
+        failed = span.status.status_code is StatusCode.ERROR and errors == 0
+        if extra is not None:
+            _api.end_run(extra, ended_at=end)
+        error = RuntimeError(span.status.description or "span failed") if failed else None
+        _api.end_run(run, error=error, ended_at=end)
+
+    def _straggler(self, trace_id: int, span_id: int, role: str, values: Mapping[str, Any]) -> None:
+        """A span that ended after its trace's root: its call is billed to that session id, never lost."""
+        session_id = self._closed.get(trace_id) or f"{trace_id:032x}"
+        if role == attrs.TOOL:
+            session = _api.get_session(session_id)
+            if session is not None:
+                session.record_tool_call()
+        if role != attrs.MODEL_CALL:
             return
-        error = span.status.status_code is StatusCode.ERROR and trace.errors == 0
-        _api.end_run(run, error=RuntimeError(span.status.description or "span failed") if error else None)
-
-    def _record_straggler(self, trace_id: int, span_id: int, values: Mapping[str, Any]) -> bool:
-        """A model call that ended after its trace's root: billed to that session id, never lost."""
-        session_id = self._closed.get(trace_id)
-        if session_id is None:
-            return False
-        usage = attrs.read_usage(values)
-        _keito.record_llm_call(
-            usage.model,
-            usage.provider,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            usage_missing=usage.usage_missing,
-            call_id=f"{span_id:016x}",
-            session_id=session_id,
-        )
-        return True
-
-    def _evict(self) -> None:
-        """Keep state bounded: close the oldest traces beyond the count cap or the age cap."""
-        now = time.monotonic()
-        evicted: list[_Trace] = []
-        with self._lock:
-            while self._traces:
-                oldest = next(iter(self._traces.values()))
-                if len(self._traces) <= self._max_traces and now - oldest.created <= self._max_age:
-                    break
-                evicted.append(self._traces.popitem(last=False)[1])
-        for trace in evicted:
-            _log.debug("keito-instrument: closing an OpenTelemetry trace whose root span never ended")
-            for run in trace.runs.values():
-                _api.end_run(run)
+        _keito.record_llm_call(**attrs.call_kwargs(values, span_id), session_id=session_id)
 
     @property
     def open_traces(self) -> int:
@@ -321,45 +391,32 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         return len(self._traces)
 
 
-def _record(session: Session, values: Mapping[str, Any], span_id: int) -> None:
-    usage = attrs.read_usage(values)
-    session.record_llm_call(
-        usage.model,
-        usage.provider,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        usage_missing=usage.usage_missing,
-        call_id=f"{span_id:016x}",
-    )
+def _close(trace: _Trace) -> None:
+    """End a trace taken out of the table (evicted, or at shutdown): its runs end now."""
+    with trace.lock:
+        trace.closed = True
+        runs = list(trace.runs.values())
+        trace.runs.clear()
+        trace.roots.clear()
+    for run in runs:
+        _api.end_run(run)
 
 
-def _discardable(session: Session) -> bool:
-    return bool(session.open_runs <= 1 and not session.llm_calls and not session.tool_calls)
+def _seconds(nanoseconds: int | None) -> float:
+    """A span timestamp (ns since the epoch) in epoch seconds; now when it is missing."""
+    return nanoseconds / 1e9 if nanoseconds else time.time()
 
 
-def _suppressed(parent_context: otel_context.Context | None) -> bool:
-    ctx = parent_context if parent_context is not None else otel_context.get_current()
-    return any(otel_context.get_value(key, ctx) for key in _SUPPRESS_KEYS)
+def _suppressed(ctx: otel_context.Context) -> bool:
+    for key in _SUPPRESS_KEYS:  # noqa: SIM110 - a plain loop: no generator per span on the hot path
+        if ctx.get(key):
+            return True
+    return False
 
 
-def _context_session_id(parent_context: otel_context.Context | None) -> str | None:
-    """A session id carried by the context: OpenInference `using_session`, traceloop, or baggage."""
-    ctx = parent_context if parent_context is not None else otel_context.get_current()
-    value = otel_context.get_value("session.id", ctx)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    props = otel_context.get_value("association_properties", ctx)
-    if isinstance(props, Mapping):
-        for key in ("session_id", "thread_id", "conversation_id"):
-            found = props.get(key)
-            if isinstance(found, str) and found.strip():
-                return found.strip()
-    entries = baggage.get_all(ctx)
-    for key in attrs.BAGGAGE_SESSION_KEYS:
-        found = entries.get(key)
-        if isinstance(found, str) and found.strip():
-            return found.strip()
-    return None
+def _session_hint(span: Span, ctx: otel_context.Context) -> str | None:
+    """A session id named at the root's start: its attributes, else the context (see `_otel_attrs`)."""
+    found = attrs.session_id_from(span.attributes)
+    if found is not None or not ctx:
+        return found
+    return attrs.context_session_id(ctx, baggage.get_all(ctx))

@@ -67,28 +67,43 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-def turn(otel: Otel, session_id: str, input_tokens: int, clock: FakeClock, seconds: float) -> trace.Span:
-    """Start a root span naming `session_id`, make one model call, advance the clock; the root stays open."""
-    root = otel.tracer.start_span("turn", attributes={"session.id": session_id})
+class Timeline:
+    """Span timestamps (ns since the epoch) on a timeline that began 1000 s ago.
+
+    Billed time comes from the spans' own times, so it is asserted exactly, never by sleeping; the
+    hooks themselves all run now, 1000 s after the times they bill.
+    """
+
+    def __init__(self) -> None:
+        self.origin = time.time_ns() - 1000 * 10**9
+
+    def __call__(self, seconds: float) -> int:
+        return self.origin + round(seconds * 1e9)
+
+
+@pytest.fixture
+def at() -> Timeline:
+    return Timeline()
+
+
+def turn(otel: Otel, session_id: str, input_tokens: int, start: int) -> trace.Span:
+    """Start a root span naming `session_id` at `start`, make one model call; the root stays open."""
+    root = otel.tracer.start_span("turn", attributes={"session.id": session_id}, start_time=start)
     with trace.use_span(root):
-        clock.now += seconds
         chat(otel, input_tokens, 10)
     return root
 
 
 def test_session_id_spans_several_traces_and_bills_the_union_of_roots(
-    otel: Otel, ledger: Spool, clock: FakeClock
+    otel: Otel, ledger: Spool, at: Timeline
 ) -> None:
-    first = turn(otel, "chat-7", 100, clock, 2.0)  # t = 0 .. 3
-    second = turn(otel, "chat-7", 101, clock, 0.5)  # t = 2 .. 4: runs in parallel with the first
-    clock.now += 0.5
-    first.end()
-    clock.now += 1.0
-    second.end()
+    first = turn(otel, "chat-7", 100, at(0))
+    second = turn(otel, "chat-7", 101, at(2))  # runs in parallel with the first
+    first.end(end_time=at(3))
+    second.end(end_time=at(4))
     assert first.get_span_context().trace_id != second.get_span_context().trace_id  # two traces, one session
-    clock.now += 100.0  # an idle gap between turns: not billed
-    third = turn(otel, "chat-7", 102, clock, 1.5)  # t = 104 .. 105.5
-    third.end()
+    third = turn(otel, "chat-7", 102, at(104))  # after an idle gap between turns: not billed
+    third.end(end_time=at(105.5))
     assert ledger.sessions() == []  # the session stays open across traces
     open_session = keito.get_session("chat-7")
     assert open_session is not None and open_session.llm_calls == 3
@@ -103,12 +118,15 @@ def test_session_id_spans_several_traces_and_bills_the_union_of_roots(
     )
     # The union of the three roots: [0, 4] and [104, 105.5]; not their sum (5.5) nor the wall time (105.5).
     assert row["active_seconds"] == pytest.approx(5.5)
+    assert row["started_at"] == pytest.approx(at.origin / 1e9)  # from the first root's own start
 
 
-def test_idle_timeout_ends_a_session_id_spanning_many_traces(otel: Otel, ledger: Spool, clock: FakeClock) -> None:
+def test_idle_timeout_ends_a_session_id_spanning_many_traces(
+    otel: Otel, ledger: Spool, clock: FakeClock, at: Timeline
+) -> None:
     keito.configure(idle_timeout=60.0)
     for n in range(3):
-        turn(otel, "conv-idle", 10 + n, clock, 1.0).end()
+        turn(otel, "conv-idle", 10 + n, at(51 * n)).end(end_time=at(51 * n + 1))
         clock.now += 50.0  # less than the timeout after each trace: activity keeps it open
         assert registry.sweep(clock.now) == 0
     assert ledger.sessions() == []
@@ -123,7 +141,7 @@ def test_idle_timeout_ends_a_session_id_spanning_many_traces(otel: Otel, ledger:
     )
     assert row["active_seconds"] == pytest.approx(3.0)
     # The same id later opens a new session, billed on its own.
-    turn(otel, "conv-idle", 99, clock, 1.0).end()
+    turn(otel, "conv-idle", 99, at(300)).end(end_time=at(301))
     assert keito.end_session("conv-idle")
     assert sorted(r["input_tokens"] for r in ledger.sessions()) == [33, 99]
 
@@ -275,6 +293,7 @@ def test_state_is_bounded_by_count(ledger: Spool) -> None:
         root.end()
     rows = ledger.sessions()
     assert sum(r["llm_calls"] for r in rows) == 6 and setup.processor.open_traces == 0
+    assert len(rows) == 6  # the end of an evicted root bills nothing more (no second session)
     setup.provider.shutdown()
 
 
@@ -287,6 +306,7 @@ def test_state_is_bounded_by_age(ledger: Spool) -> None:
     assert setup.processor.open_traces == 0  # the stuck trace was closed on the next root's start
     assert len(ledger.sessions()) == 2
     stuck.end()
+    assert len(ledger.sessions()) == 2
     setup.provider.shutdown()
 
 

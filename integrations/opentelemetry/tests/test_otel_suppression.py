@@ -40,7 +40,11 @@ def _real_instrumentation(otel: Otel, monkeypatch: pytest.MonkeyPatch) -> Callab
 
     instrumentor = HTTPXClientInstrumentor()
     instrumentor.instrument(tracer_provider=otel.provider)
-    return instrumentor.uninstrument
+
+    def undo() -> None:
+        instrumentor.uninstrument()
+
+    return undo
 
 
 def _stand_in_instrumentation(otel: Otel, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
