@@ -169,8 +169,15 @@ def test_flow_events_are_ignored(listener: keito_crewai.KeitoCrewListener, ledge
         crewai_event_bus.off(FlowStartedEvent, seen)
         crewai_event_bus.off(FlowFinishedEvent, seen)
 
-    # Every agent execution is itself a Flow (crewai's AgentExecutor), inside the user's Flow.
-    assert sources.count("TwoCrews") == 2 and sources.count("AgentExecutor") >= 4
+    assert sources.count("TwoCrews") == 2
+    try:
+        from crewai.agents.agent_executor import AgentExecutor
+    except ImportError:  # older crewai: the executor is no Flow and emits no flow_* events
+        AgentExecutor = object
+    if issubclass(AgentExecutor, Flow):
+        # Where every agent execution is itself a Flow (crewai's AgentExecutor, since 1.14 or so),
+        # its flow_* events reach the bus inside the user's Flow too, and must be ignored as well.
+        assert sources.count("AgentExecutor") >= 4
     assert not any(name.startswith("Flow") for name in keito_crewai._EVENTS)
     rows = ledger.sessions()
     assert [(row["llm_calls"], row["input_tokens"], row["tool_calls"]) for row in rows] == [(3, 300, 1)] * 2

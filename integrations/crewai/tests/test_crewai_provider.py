@@ -13,6 +13,7 @@ import pytest
 from _fake_openai import USAGE, ToolCall, fake_openai
 from _socket_guard import take_attempts
 from crewai import LLM
+from crewai.events import LLMCallCompletedEvent, crewai_event_bus
 
 from conftest import make_crew, settle
 from keito_instrument._spool import Spool
@@ -49,6 +50,8 @@ def test_real_openai_provider_usage_is_billed_and_only_loopback_is_used(
         llm = LLM(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-fake", stream=stream)
         assert type(llm).__name__ == "OpenAICompletion"  # crewai's native provider, not a fake
         crew = make_crew(llm)
+        reported: list[dict[str, object]] = []  # the usage crewai's provider itself put on its events
+        crewai_event_bus.register_handler(LLMCallCompletedEvent, lambda _s, e: reported.append(dict(e.usage or {})))
         result = crew.kickoff()
         settle(listener)
 
@@ -62,7 +65,9 @@ def test_real_openai_provider_usage_is_billed_and_only_loopback_is_used(
     [expense] = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "expense"]
     md = expense["payload"]["metadata"]
     assert md["cache_read_tokens"] == calls * 40
-    assert md["reasoning_tokens"] == calls * 4
+    # Reasoning tokens are billed as crewai's provider reports them (1.13 drops them; later ones carry them).
+    assert md["reasoning_tokens"] == (calls * 4 if any("reasoning_tokens" in u for u in reported) else 0)
+    assert len(reported) == calls
     assert md["model"] == "gpt-4o-mini" and md["provider"] == "openai"
     assert md["tool_calls"] == (0 if stream else 1)
     # gpt-4o-mini is a known model: the expense is priced, not left unknown
