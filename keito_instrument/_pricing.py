@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal
 
 from ._usage import ModelUsage
@@ -101,7 +102,7 @@ def price(
     override = (overrides or {}).get(model.lower())
     if override is not None:
         return Cost(_override_cost(usage, override), "custom")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from genai_prices import Usage, calc_price
 
@@ -112,7 +113,7 @@ def price(
         cache_write_tokens=usage.cache_write_tokens,
         output_reasoning_tokens=usage.reasoning_tokens,
     )
-    when = datetime.fromtimestamp(timestamp, tz=timezone.utc) if timestamp else None
+    when = datetime.fromtimestamp(timestamp, tz=UTC) if timestamp else None
     provider = normalise_provider(usage.provider)
     attempts: list[str | None] = [provider] if provider else []
     if "/" in model:

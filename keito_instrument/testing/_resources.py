@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ._contract import EXPENSE_SOURCES, TIME_SOURCES, is_date
@@ -18,7 +18,7 @@ def error(label: str, description: str) -> dict[str, str]:
 
 def now_iso() -> str:
     """The current UTC time as Keito writes it."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def me(account_id: str, read_only: bool) -> dict[str, Any]:

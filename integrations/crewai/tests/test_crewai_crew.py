@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -445,7 +445,7 @@ def test_streaming_crew_and_hierarchical_process(listener: keito_crewai.KeitoCre
     assert second["input_tokens"] == second["llm_calls"] * 100
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ROOT_EVENTS = (
     "CrewKickoffStartedEvent",
     "CrewKickoffCompletedEvent",
