@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import Token
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from . import _export, _pipeline
+from . import _pipeline
 from ._config import get_settings
 from ._guard import guard, guarded
 from ._registry import current, new_session_id
@@ -18,6 +17,17 @@ from ._session import Run, Session, SessionOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 SessionId = str | Callable[..., str] | None
+# Code flags (as in `inspect`, which is not imported: it costs more than the rest of the package).
+_CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+
+
+def _code_flags(func: Any) -> int:
+    """The code flags of a function, seen through `functools.partial` and bound methods."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = getattr(func, "__func__", func)
+    code = getattr(func, "__code__", None)
+    return int(getattr(code, "co_flags", 0))
 
 
 def _options(**kwargs: Any) -> SessionOptions:
@@ -152,11 +162,12 @@ def track_agent(
     opts = _options(**options)
 
     def decorate(func: F) -> F:
-        if inspect.isasyncgenfunction(func):
+        flags = _code_flags(func)
+        if flags & _CO_ASYNC_GENERATOR:
             wrapper: Callable[..., Any] = _wrap_async_gen(func, session_id, opts)
-        elif inspect.iscoroutinefunction(func):
+        elif flags & _CO_COROUTINE:
             wrapper = _wrap_async(func, session_id, opts)
-        elif inspect.isgeneratorfunction(func):
+        elif flags & _CO_GENERATOR:
             wrapper = _wrap_gen(func, session_id, opts)
         else:
             wrapper = _wrap_sync(func, session_id, opts)
@@ -402,6 +413,8 @@ def flush(timeout: float = 10.0) -> bool:
     written = _pipeline.writer.drain(timeout)  # sessions waiting for a busy spool come first
     if not get_settings().has_credentials:
         return written
+    from . import _export  # the delivery machinery loads on first use
+
     return _export.flush(max(0.0, deadline - time.monotonic())) and written
 
 

@@ -5,19 +5,16 @@ Invalid values given to `configure()` raise `ValueError` naming the setting; inv
 values are warned about once and fall back to the default (the host must not break at import).
 """
 
-from __future__ import annotations
-
-import dataclasses
-import ipaddress
 import logging
 import math
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 _log = logging.getLogger("keito_instrument")
 
@@ -27,11 +24,15 @@ Rounding = Literal["nearest", "up", "down"]
 ExpenseMode = Literal["cost", "units"]
 
 
-@dataclass(frozen=True)
-class Settings:
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Settings(NamedTuple):
     """Every setting of keito-instrument. Build it with `configure()`; read it with `get_settings()`."""
 
-    api_key: str | None = field(default=None, repr=False)
+    # A NamedTuple rather than a dataclass: `dataclasses` imports `inspect`, which would triple
+    # the cost of `import keito_instrument`. Immutable all the same.
+    api_key: str | None = None
     account_id: str | None = None
     base_url: str = DEFAULT_BASE_URL
     project_id: str | None = None
@@ -49,14 +50,14 @@ class Settings:
     cost_multiplier: float = 1.0
     cost_decimals: int = 6
     expense_mode: ExpenseMode = "cost"
-    price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    price_overrides: Mapping[str, Mapping[str, float]] = _EMPTY
     idle_timeout: float = 1800.0
     max_open_sessions: int = 10_000
     max_open_runs: int = 10_000
     max_run_age: float = 86_400.0
     max_session_age: float = 86_400.0
     capture_content: bool = False
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = _EMPTY
     batch_size: int = 100
     flush_interval: float = 1.0
     max_concurrency: int = 8
@@ -68,9 +69,17 @@ class Settings:
         """True when records can be sent to Keito (an API key and an account id are set)."""
         return bool(self.api_key and self.account_id)
 
-    def tzinfo(self) -> ZoneInfo | None:
+    def tzinfo(self) -> "ZoneInfo | None":
         """The workspace time zone, or None for the machine's local time zone."""
-        return ZoneInfo(self.timezone) if self.timezone else None
+        if not self.timezone:
+            return None
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
+
+    def __repr__(self) -> str:  # never the API key
+        shown = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self, strict=True) if k != "api_key")
+        return f"Settings({shown})"
 
 
 _ENV: dict[str, str] = {
@@ -95,7 +104,7 @@ _ENV: dict[str, str] = {
     "capture_content": "KEITO_CAPTURE_CONTENT",
 }
 ENV_VARS: Mapping[str, str] = _ENV
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_DEFAULTS: Mapping[str, Any] = Settings._field_defaults
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -124,12 +133,16 @@ def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
+        import ipaddress  # only when a base URL is set: not on the import path
+
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
 def _check_base_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"keito-instrument setting 'base_url': {value!r} is not an http(s) URL")
@@ -170,12 +183,12 @@ def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
 
 def _validate(name: str, value: Any) -> Any:
     """Coerce one setting to its type and check it; raises ValueError naming the setting."""
-    if name not in _FIELDS:
+    if name not in _DEFAULTS:
         raise ValueError(
-            f"keito-instrument has no setting {name!r}; known settings: {', '.join(sorted(_FIELDS))}"
+            f"keito-instrument has no setting {name!r}; known settings: {', '.join(sorted(_DEFAULTS))}"
         )
     if value is None:
-        if _FIELDS[name].default is None:
+        if _DEFAULTS[name] is None:
             return None
         raise ValueError(f"keito-instrument setting {name!r} cannot be None")
     if name in ("billable", "disabled", "capture_content"):
@@ -183,6 +196,8 @@ def _validate(name: str, value: Any) -> Any:
     if name == "base_url":
         return _check_base_url(str(value))
     if name == "timezone":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
         try:
             ZoneInfo(str(value))
         except (ZoneInfoNotFoundError, ValueError):

@@ -5,19 +5,23 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from . import _export
 from ._config import get_settings
 from ._guard import guard
-from ._records import Built, build
 from ._registry import Registry, make_registry
 from ._session import SessionSnapshot
-from ._spool import get_spool
 from ._writer import Writer
+
+if TYPE_CHECKING:
+    from ._records import Built
+
+# Records, pricing, the SQLite spool and delivery load when the first session ends (or on the
+# warm-up thread when the first one opens), never at `import keito_instrument`.
 
 _log = logging.getLogger("keito_instrument")
 HOST_BUSY_TIMEOUT = 0.05  # seconds the ending thread may wait for the spool lock
@@ -32,6 +36,11 @@ def on_session_end(snapshot: SessionSnapshot) -> None:
     settings = get_settings()
     if settings.disabled:
         return
+    import sqlite3
+
+    from ._records import build
+    from ._spool import get_spool
+
     built = build(snapshot, settings)
     state = "pending" if settings.has_credentials else "local"
     if built.records or built.session_row["llm_calls"]:
@@ -44,6 +53,8 @@ def on_session_end(snapshot: SessionSnapshot) -> None:
         with guard("record listener"):
             listener(built)
     if state == "pending" and built.records:
+        from . import _export
+
         _export.notify()
 
 
@@ -72,6 +83,9 @@ def warm_up() -> None:
         with guard("warm-up"):
             import genai_prices  # noqa: F401  (about 0.1 s, once)
 
+            from . import _records  # noqa: F401  (pricing and record building)
+            from ._spool import get_spool
+
             get_spool(get_settings().ledger_path).connect()
 
     threading.Thread(target=work, name="keito-instrument-warmup", daemon=True).start()
@@ -96,7 +110,10 @@ def shutdown(timeout: float) -> bool:
     deadline = time.monotonic() + max(0.0, timeout)
     registry.close_all("shutdown")
     written = writer.drain(max(0.0, deadline - time.monotonic()))
-    return _export.shutdown(max(0.0, deadline - time.monotonic())) and written
+    export = sys.modules.get(f"{__package__}._export")  # never started if never imported
+    if export is None:
+        return written
+    return bool(export.shutdown(max(0.0, deadline - time.monotonic()))) and written
 
 
 @atexit.register

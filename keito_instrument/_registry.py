@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +26,8 @@ MAX_SESSION_ID = 200
 
 def new_session_id() -> str:
     """A fresh random session id."""
+    import uuid  # here, not at import: uuid loads `platform`, a few ms on a cold start
+
     return str(uuid.uuid4())
 
 

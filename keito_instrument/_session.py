@@ -5,23 +5,24 @@ Times are kept on the monotonic clock and mapped to wall time through one anchor
 session opens, so a wall-clock jump (NTP, DST) cannot stretch or shrink what is billed.
 """
 
-from __future__ import annotations
-
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ._guard import guard
 from ._usage import ModelUsage, normalised_call
 
 MAX_CALL_IDS = 100_000
 MAX_BREAKDOWN_KEYS = 200
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+# The frozen records below are NamedTuples, not dataclasses: `dataclasses` imports `inspect`,
+# which would triple the cost of `import keito_instrument`.
 
 
-@dataclass(frozen=True)
-class SessionOptions:
+class SessionOptions(NamedTuple):
     """Per-session settings; None falls back to the global setting when records are built."""
 
     project_id: str | None = None
@@ -32,12 +33,11 @@ class SessionOptions:
     framework: str | None = None
     billable: bool | None = None
     notes: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = _NO_METADATA
     idle_timeout: float | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """A business outcome logged in a session: billed as a time entry with hours 0."""
 
     outcome_type: str
@@ -51,8 +51,7 @@ class Outcome:
     logged_at: float | None = None  # wall clock
 
 
-@dataclass(frozen=True)
-class SessionSnapshot:
+class SessionSnapshot(NamedTuple):
     """Everything a session produced, frozen when it ended; the input of record building."""
 
     session_id: str
@@ -81,7 +80,7 @@ class Run:
 
     __slots__ = ("_ended", "run_id", "session", "start")
 
-    def __init__(self, session: Session, run_id: int, start: float) -> None:
+    def __init__(self, session: "Session", run_id: int, start: float) -> None:
         self.session = session
         self.run_id = run_id
         self.start = start

@@ -11,9 +11,12 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from ._guard import guard
-from ._records import Built
+
+if TYPE_CHECKING:
+    from ._records import Built
 
 _log = logging.getLogger("keito_instrument")
 

@@ -84,7 +84,7 @@ def test_rounding(seconds: float, increment: float, mode: str, hours: float) -> 
 def test_min_hours_decides_what_a_short_session_bills() -> None:
     snap = snapshot([(ts("2026-11-22T10:00:00"), ts("2026-11-22T10:00:30"))])
     default = _records.build(snap, SETTINGS).records[0]
-    floor = _records.build(snap, Settings(**{**SETTINGS.__dict__, "min_hours": 0.1})).records[0]
+    floor = _records.build(snap, SETTINGS._replace(min_hours=0.1)).records[0]
     assert default.payload["hours"] == 0.01  # 30 s -> nearest 0.01 h
     assert floor.payload["hours"] == 0.1
     assert floor.payload["metadata"]["duration_seconds"] == 30  # exact seconds always kept
@@ -109,7 +109,7 @@ def test_expense_cost_matches_genai_prices_and_the_notes_format() -> None:
 def test_cost_multiplier_marks_up_the_billed_cost_only() -> None:
     usage = ModelUsage("gpt-4o", "openai", input_tokens=1_000_000, output_tokens=100_000, calls=1)
     snap = snapshot([(ts("2026-11-22T10:00:00"), ts("2026-11-22T10:01:00"))], (usage,))
-    marked = Settings(**{**SETTINGS.__dict__, "cost_multiplier": 1.25})
+    marked = SETTINGS._replace(cost_multiplier=1.25)
     expense = next(r for r in _records.build(snap, marked).records if r.kind == "expense")
     assert expense.payload["metadata"]["cost_usd"] == 3.5  # $2.50 + $1.00
     assert expense.payload["total_cost"] == 4.375
@@ -121,7 +121,7 @@ def test_price_overrides_price_private_models() -> None:
     usage = ModelUsage("acme-ft-v1", None, input_tokens=10_000, output_tokens=2_000, cache_read_tokens=3_000,
                        cache_write_tokens=1_000, calls=1)
     snap = snapshot([(ts("2026-11-22T10:00:00"), ts("2026-11-22T10:01:00"))], (usage,))
-    expense = next(r for r in _records.build(snap, Settings(**{**SETTINGS.__dict__, "price_overrides": prices}))
+    expense = next(r for r in _records.build(snap, SETTINGS._replace(price_overrides=prices))
                    .records if r.kind == "expense")
     assert expense.payload["total_cost"] == 0.032
     assert expense.payload["metadata"]["pricing"].startswith("genai-prices")
