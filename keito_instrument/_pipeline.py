@@ -86,7 +86,12 @@ def warm_up() -> None:
             from . import _records  # noqa: F401  (pricing and record building)
             from ._spool import get_spool
 
-            get_spool(get_settings().ledger_path).connect()
+            settings = get_settings()
+            get_spool(settings.ledger_path).connect()
+            if settings.has_credentials:
+                # httpx and asyncio (about 0.1 s), which the first session end would otherwise
+                # import on the host's thread when it starts the exporter.
+                from ._export import worker  # noqa: F401
 
     threading.Thread(target=work, name="keito-instrument-warmup", daemon=True).start()
 
