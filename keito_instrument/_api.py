@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import types
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import Token
 from types import TracebackType
@@ -22,12 +23,25 @@ _CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
 
 
 def _code_flags(func: Any) -> int:
-    """The code flags of a function, seen through `functools.partial` and bound methods."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    func = getattr(func, "__func__", func)
-    code = getattr(func, "__code__", None)
-    return int(getattr(code, "co_flags", 0))
+    """The code flags of a function, seen through `functools.partial` and bound methods.
+
+    Anything but a plain function (a callable object, a function marked as a coroutine function
+    with `inspect.markcoroutinefunction`, a descriptor) is left to `inspect`, imported then.
+    """
+    inner = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    if isinstance(inner, types.MethodType):
+        inner = inner.__func__
+    if type(inner) is types.FunctionType and not hasattr(inner, "_is_coroutine_marker"):
+        return inner.__code__.co_flags
+    import inspect
+
+    if inspect.isasyncgenfunction(func):
+        return _CO_ASYNC_GENERATOR
+    if inspect.iscoroutinefunction(func):
+        return _CO_COROUTINE
+    return _CO_GENERATOR if inspect.isgeneratorfunction(func) else 0
 
 
 def _options(**kwargs: Any) -> SessionOptions:

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -27,11 +27,16 @@ ExpenseMode = Literal["cost", "units"]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class Settings(NamedTuple):
-    """Every setting of keito-instrument. Build it with `configure()`; read it with `get_settings()`."""
+class Settings:
+    """Every setting of keito-instrument. Build it with `configure()`; read it with `get_settings()`.
 
-    # A NamedTuple rather than a dataclass: `dataclasses` imports `inspect`, which would triple
-    # the cost of `import keito_instrument`. Immutable all the same.
+    Immutable: `settings._replace(name=value)` gives a changed copy.
+    """
+
+    # A small frozen class rather than a dataclass (`dataclasses` imports `inspect`, which would
+    # triple the cost of `import keito_instrument`) and rather than a NamedTuple (as a tuple it
+    # would hand the API key to anything that serialises sequences: json.dumps, error reporters).
+    # The class attributes are the defaults; an instance holds only what differs.
     api_key: str | None = None
     account_id: str | None = None
     base_url: str = DEFAULT_BASE_URL
@@ -77,8 +82,31 @@ class Settings(NamedTuple):
 
         return ZoneInfo(self.timezone)
 
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - _DEFAULTS.keys()
+        if unknown:
+            raise TypeError(f"Settings got unknown settings: {sorted(unknown)}")
+        self.__dict__.update(values)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Settings are immutable: use configure({name}=...) or _replace()")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Settings are immutable")
+
+    def _replace(self, **changes: Any) -> "Settings":
+        """A copy with some settings changed."""
+        return Settings(**{**self.__dict__, **changes})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _DEFAULTS)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:  # never the API key
-        shown = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self, strict=True) if k != "api_key")
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _DEFAULTS if name != "api_key")
         return f"Settings({shown})"
 
 
@@ -104,7 +132,7 @@ _ENV: dict[str, str] = {
     "capture_content": "KEITO_CAPTURE_CONTENT",
 }
 ENV_VARS: Mapping[str, str] = _ENV
-_DEFAULTS: Mapping[str, Any] = Settings._field_defaults
+_DEFAULTS: Mapping[str, Any] = {name: getattr(Settings, name) for name in Settings.__annotations__}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

@@ -27,6 +27,9 @@ _log = logging.getLogger("keito_instrument")
 HOST_BUSY_TIMEOUT = 0.05  # seconds the ending thread may wait for the spool lock
 writer = Writer()
 _warmed = False
+_warm_once = threading.Lock()
+_warm_lock = threading.Lock()
+_fork_holds_warm_lock = False
 _listeners: list[Callable[[Built], None]] = []
 _listeners_lock = threading.Lock()
 
@@ -75,38 +78,70 @@ def warm_up() -> None:
     """Once per process, load the price data and prepare the spool on a short-lived thread, so
     the first session end does not pay for them on the host's thread."""
     global _warmed
-    if _warmed:
+    if _warmed:  # the common case: no lock at all
         return
-    _warmed = True
+    with _warm_once:  # (never _warm_lock: the warm-up thread holds that one while it imports)
+        if _warmed:
+            return
+        _warmed = True
 
     def work() -> None:
-        with guard("warm-up"):
-            import genai_prices  # noqa: F401  (about 0.1 s, once)
+        try:
+            _warm_up_imports()
+        finally:
+            _warm_lock.release()
 
-            from . import _records  # noqa: F401  (pricing and record building)
-            from ._spool import get_spool
+    # Held from here until the imports are done, so that a fork waits for them (_before_fork): a
+    # child forked in the middle of an import would find that module's import lock held forever.
+    _warm_lock.acquire()
+    try:
+        threading.Thread(target=work, name="keito-instrument-warmup", daemon=True).start()
+    except BaseException:
+        _warm_lock.release()
+        raise
 
-            settings = get_settings()
-            get_spool(settings.ledger_path).connect()
-            if settings.has_credentials:
-                # httpx and asyncio (about 0.1 s), which the first session end would otherwise
-                # import on the host's thread when it starts the exporter.
-                from ._export import worker  # noqa: F401
 
-    threading.Thread(target=work, name="keito-instrument-warmup", daemon=True).start()
+def _warm_up_imports() -> None:
+    with guard("warm-up"):
+        import genai_prices  # noqa: F401  (about 0.1 s, once)
+
+        from . import _records  # noqa: F401  (pricing and record building)
+        from ._spool import get_spool
+
+        settings = get_settings()
+        get_spool(settings.ledger_path).connect()
+        if settings.has_credentials:
+            # httpx and asyncio (about 0.1 s), which the first session end would otherwise
+            # import on the host's thread when it starts the exporter.
+            from ._export import worker  # noqa: F401
 
 
 registry: Registry = make_registry(on_session_end, on_open=warm_up)
 
 
+def _before_fork() -> None:
+    global _fork_holds_warm_lock
+    # Wait (briefly) for a warm-up still importing; bounded, so a fork is never blocked for long.
+    _fork_holds_warm_lock = _warm_lock.acquire(timeout=2.0)
+
+
+def _after_fork_in_parent() -> None:
+    global _fork_holds_warm_lock
+    if _fork_holds_warm_lock:
+        _fork_holds_warm_lock = False
+        _warm_lock.release()
+
+
 def _after_fork_in_child() -> None:
-    global _warmed
-    _warmed = False
+    global _warmed, _warm_once, _warm_lock, _fork_holds_warm_lock
+    _warmed, _warm_once, _warm_lock, _fork_holds_warm_lock = False, threading.Lock(), threading.Lock(), False
     writer.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
 
 
 def shutdown(timeout: float) -> bool:
@@ -116,9 +151,10 @@ def shutdown(timeout: float) -> bool:
     registry.close_all("shutdown")
     written = writer.drain(max(0.0, deadline - time.monotonic()))
     export = sys.modules.get(f"{__package__}._export")  # never started if never imported
-    if export is None:
+    stop = getattr(export, "shutdown", None)  # (None too while another thread is importing it)
+    if stop is None:
         return written
-    return bool(export.shutdown(max(0.0, deadline - time.monotonic()))) and written
+    return bool(stop(max(0.0, deadline - time.monotonic()))) and written
 
 
 @atexit.register

@@ -5,6 +5,7 @@ Times are kept on the monotonic clock and mapped to wall time through one anchor
 session opens, so a wall-clock jump (NTP, DST) cannot stretch or shrink what is billed.
 """
 
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -16,6 +17,9 @@ from ._usage import ModelUsage, normalised_call
 
 MAX_CALL_IDS = 100_000
 MAX_BREAKDOWN_KEYS = 200
+# How far back an adapter may date a run (an event handled late, a span's own start time); a
+# run older than this is closed by the registry's age sweep anyway (`max_run_age`'s default).
+MAX_BACKDATE = 86_400.0
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 # The frozen records below are NamedTuples, not dataclasses: `dataclasses` imports `inspect`,
@@ -119,10 +123,11 @@ class Session:
     # -- runs ---------------------------------------------------------------------------------
     def mono(self, wall: float | None, now: float) -> float:
         """A wall-clock time (epoch seconds, e.g. an event's timestamp) on this session's monotonic
-        clock, never later than `now`; None gives `now`."""
-        if wall is None:
+        clock, kept between `MAX_BACKDATE` seconds before `now` and `now`; None (or a value that is
+        not a finite number) gives `now`, so a bad timestamp can never bill days of work."""
+        if wall is None or not math.isfinite(wall):
             return now
-        return min(now, self._mono0 + (wall - self._wall0))
+        return min(now, max(now - MAX_BACKDATE, self._mono0 + (wall - self._wall0)))
 
     def begin_run(self, max_open: int = 10_000, started_at: float | None = None) -> Run | None:
         """Open a run; None if the session already ended.

@@ -137,6 +137,10 @@ class Spool:
                 raise
             conn.execute("COMMIT")
         finally:
+            # Whatever interrupted us (between BEGIN and the body, or a failed COMMIT), never
+            # leave this connection holding SQLite's write lock.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self._write_lock.release()
 
     def append(self, built: Built, state: str, busy_timeout: float | None = None) -> None:

@@ -105,3 +105,17 @@ def test_disabled_makes_everything_a_no_op(ledger: object, monkeypatch: pytest.M
     from keito_instrument._spool import get_spool
 
     assert get_spool().records() == []
+
+
+def test_settings_never_hand_the_key_to_a_serialiser() -> None:
+    import json
+
+    settings = keito.configure(api_key="kto_do_not_leak", account_id="cm1")
+    assert "kto_do_not_leak" not in repr(settings) and "kto_do_not_leak" not in str(settings)
+    with pytest.raises(TypeError):
+        json.dumps(settings)  # not a tuple or a dict: sequence serialisers cannot walk into it
+    assert not isinstance(settings, (tuple, dict))
+    changed = settings._replace(min_hours=0.25)
+    assert (changed.min_hours, settings.min_hours, changed.api_key) == (0.25, 0.0, "kto_do_not_leak")
+    with pytest.raises(AttributeError):
+        settings.min_hours = 1.0  # type: ignore[misc]

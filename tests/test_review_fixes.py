@@ -114,3 +114,33 @@ def test_a_forked_child_never_bills_the_parents_open_session(ledger: Spool, tmp_
     assert sessions["parent-session"] == 10  # billed once, by the parent, without the child's call
     assert sessions["child-session"] == 5
     assert list(sessions.values()).count(10) == 1
+
+
+_FORK_DURING_WARM_UP = """
+import os, signal, sys, time
+import keito_instrument as keito
+keito.configure(api_key="k", account_id="a", base_url="http://127.0.0.1:9", project_id="p", task_id="t",
+                expense_category_id="c")
+run = keito.begin_run()  # the first session opens: the warm-up thread starts importing
+time.sleep(float(sys.argv[1]))
+pid = os.fork()
+if pid == 0:
+    signal.alarm(10)  # a child stuck on an import lock the warm-up held at fork time dies here
+    child = keito.begin_run()
+    keito.end_run(child)
+    import asyncio, httpx  # noqa: F401
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+keito.end_run(run)
+print("hung" if os.WIFSIGNALED(status) else "ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("delay", ["0", "0.02", "0.1"])
+def test_a_fork_during_the_warm_up_never_leaves_the_child_stuck(tmp_path: Path, delay: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEITO_")}
+    env["KEITO_LEDGER"] = str(tmp_path / "fork.sqlite3")
+    result = subprocess.run([sys.executable, "-c", _FORK_DURING_WARM_UP, delay], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -201,3 +201,17 @@ def test_event_times_are_clamped_to_now_and_to_the_runs_start(ledger: Spool) -> 
     rows = {r["session_id"]: r for r in ledger.sessions()}
     assert 0 <= rows["future-start"]["active_seconds"] < 60  # nothing is billed ahead of the clock
     assert rows["end-before-start"]["active_seconds"] == 0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e18, float("-inf"), float("nan"), float("inf")])
+def test_a_bad_event_time_never_bills_days_of_work(ledger: Spool, bad: float) -> None:
+    run = keito.begin_run(f"bad-{bad}", started_at=bad, framework="test")
+    assert run is not None
+    run.session.record_llm_call("gpt-4o-mini", "openai", input_tokens=10, output_tokens=1)
+    keito.end_run(run, ended_at=bad if bad != 0.0 else None)
+    (row,) = ledger.sessions()
+    # At most a day back (MAX_BACKDATE, the age at which the sweep closes a run anyway); a value
+    # that is not a finite number is ignored.
+    assert row["active_seconds"] <= 86_400.0 + 60
+    if bad not in (0.0, -1e18):
+        assert row["active_seconds"] < 60
