@@ -123,11 +123,12 @@ class Session:
     # -- runs ---------------------------------------------------------------------------------
     def mono(self, wall: float | None, now: float) -> float:
         """A wall-clock time (epoch seconds, e.g. an event's timestamp) on this session's monotonic
-        clock, kept between `MAX_BACKDATE` seconds before `now` and `now`; None (or a value that is
-        not a finite number) gives `now`, so a bad timestamp can never bill days of work."""
+        clock, kept between `MAX_BACKDATE` seconds before the session opened and `now`; None (or a
+        value that is not a finite number) gives `now`, so a bad timestamp can never bill days of
+        work. (The floor is fixed, not relative to `now`, so two bad times map to the same point.)"""
         if wall is None or not math.isfinite(wall):
             return now
-        return min(now, max(now - MAX_BACKDATE, self._mono0 + (wall - self._wall0)))
+        return min(now, max(self._mono0 - MAX_BACKDATE, self._mono0 + (wall - self._wall0)))
 
     def begin_run(self, max_open: int = 10_000, started_at: float | None = None) -> Run | None:
         """Open a run; None if the session already ended.

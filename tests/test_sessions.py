@@ -210,8 +210,8 @@ def test_a_bad_event_time_never_bills_days_of_work(ledger: Spool, bad: float) ->
     run.session.record_llm_call("gpt-4o-mini", "openai", input_tokens=10, output_tokens=1)
     keito.end_run(run, ended_at=bad if bad != 0.0 else None)
     (row,) = ledger.sessions()
-    # At most a day back (MAX_BACKDATE, the age at which the sweep closes a run anyway); a value
-    # that is not a finite number is ignored.
+    # At most a day before the session opened (MAX_BACKDATE, the age at which the sweep closes a
+    # run anyway); a value that is not a finite number is ignored.
     assert row["active_seconds"] <= 86_400.0 + 60
     if bad not in (0.0, -1e18):
         assert row["active_seconds"] < 60
