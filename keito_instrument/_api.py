@@ -96,8 +96,11 @@ def end_run(run: Run | None, error: BaseException | None = None, *, ended_at: fl
 
 @guarded("end_session", default=False)
 def end_session(session_id: str) -> bool:
-    """End an open session now (e.g. a chat thread closed by the user). False if none is open."""
-    return _pipeline.registry.end_session(session_id)
+    """End an open session now (e.g. a chat thread closed by the user), whichever process of the
+    ledger served its turns. False if none is open."""
+    if _pipeline.registry.end_session(session_id):
+        return True
+    return _pipeline.end_ledger_session(session_id)
 
 
 def get_session(session_id: str) -> Session | None:
@@ -339,7 +342,7 @@ def _target(session_id: str | None) -> tuple[Session, bool]:
     enclosing = current_session()
     if enclosing is not None:
         return enclosing, False
-    return Session(new_session_id(), SessionOptions()), True
+    return _pipeline.new_session(new_session_id(), SessionOptions()), True
 
 
 @guarded("record_llm_call", default=False)
@@ -420,11 +423,13 @@ def log_outcome(
 def flush(timeout: float = 10.0) -> bool:
     """Wait up to `timeout` seconds for stored records to reach Keito. Never blocks longer.
 
-    Returns True when nothing is left pending (with no credentials configured, records are kept
-    in the local ledger and this returns True at once). Open sessions are not ended.
+    Sessions that have ended are billed first (the billing worker's work, done now). Returns True
+    when nothing is left pending (with no credentials configured, records are kept in the local
+    ledger and this returns True once they are written). Open sessions are not ended.
     """
     deadline = time.monotonic() + max(0.0, timeout)
     written = _pipeline.writer.drain(timeout)  # sessions waiting for a busy spool come first
+    written = _pipeline.settle(max(0.0, deadline - time.monotonic())) and written
     if not get_settings().has_credentials:
         return written
     from . import _export  # the delivery machinery loads on first use

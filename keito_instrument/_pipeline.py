@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ._config import get_settings
 from ._guard import guard
 from ._registry import Registry, make_registry
-from ._session import SessionSnapshot
+from ._session import Session, SessionOptions, SessionSnapshot
 from ._writer import Writer
 
 if TYPE_CHECKING:
@@ -35,43 +35,94 @@ _listeners_lock = threading.Lock()
 
 
 def on_session_end(snapshot: SessionSnapshot) -> None:
-    """Build the session's records and store them durably; wake the exporter if they can be sent."""
-    settings = get_settings()
-    if settings.disabled:
-        return
-    import sqlite3
+    """A session ended: its end is already in the journal; the billing worker bills it."""
+    from . import _engine
 
-    from ._records import build
+    _engine.ensure_started()
+
+
+_ledger_for: tuple[object, str] | None = None
+
+
+def ledger_path() -> str:
+    """The configured ledger's path (cached per settings object: the default needs platformdirs)."""
+    global _ledger_for
+    settings = get_settings()
+    cached = _ledger_for
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    from pathlib import Path
+
+    from ._spool import default_path
+
+    path = str(Path(settings.ledger_path).expanduser()) if settings.ledger_path else str(default_path())
+    _ledger_for = (settings, path)
+    return path
+
+
+_RESOLVED = ("project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable")
+
+
+def new_session(session_id: str, options: SessionOptions, close: str = "runs") -> Session:
+    """A session that journals its events to the configured ledger's journal; its opening event
+    carries its options resolved against the settings in force now (a later process that bills
+    it after a crash bills it as this one would have)."""
+    from ._journal import get_journal
+
+    settings = get_settings()
+    session = Session(session_id, options, close, get_journal(ledger_path()))
+    resolved: dict[str, object] = {
+        name: getattr(options, name) for name in SessionOptions._fields if getattr(options, name) is not None
+    }
+    for name in _RESOLVED:
+        if resolved.get(name) is None and getattr(settings, name) is not None:
+            resolved[name] = getattr(settings, name)
+    resolved["metadata"] = {**settings.metadata, **options.metadata}
+    session.journal_open(resolved)
+    return session
+
+
+def settle(timeout: float) -> bool:
+    """Bill, now, every session this process has ended (bounded by `timeout`)."""
+    from ._journal import all_journals
+
+    if not all_journals():
+        return True
+    from . import _engine
+
+    return _engine.settle(timeout)
+
+
+def end_ledger_session(session_id: str) -> bool:
+    """End a named session that is open in the ledger but not in this process's memory (another
+    process served it). False if the ledger has no such open session."""
+    from ._journal import get_journal
     from ._spool import get_spool
 
-    built = build(snapshot, settings)
-    state = "pending" if settings.has_credentials else "local"
-    if built.records or built.session_row["llm_calls"]:
-        try:
-            get_spool(settings.ledger_path).append(built, state, busy_timeout=HOST_BUSY_TIMEOUT)
-        except sqlite3.OperationalError:
-            # Another writer holds the lock: never make the host wait for it.
-            writer.submit(settings.ledger_path, built, state)
-    for listener in list(_listeners):
-        with guard("record listener"):
-            listener(built)
-    if state == "pending" and built.records:
-        from . import _export
-
-        _export.notify()
+    sid = str(session_id)[:200]
+    path = ledger_path()
+    row = get_spool(path).connect().execute("SELECT 1 FROM live WHERE key = ?", (sid,)).fetchone()
+    if row is None:
+        return False
+    get_journal(path).append(["e", sid, f"{time.time():.6f}", "i", time.time(), "explicit", [], []], wake=True)
+    return True
 
 
 def add_record_listener(listener: Callable[[Built], None]) -> None:
-    """Call `listener(built)` on the ending thread for every ended session (the testing kit uses it)."""
+    """Call `listener(built)` on the billing thread for every billed session (the testing kit uses it)."""
+    from . import _engine
+
     with _listeners_lock:
-        _listeners.append(listener)
+        _engine.listeners.append(listener)  # type: ignore[arg-type]
 
 
 def remove_record_listener(listener: Callable[[Built], None]) -> None:
     """Undo `add_record_listener`."""
+    from . import _engine
+
     with _listeners_lock:
-        if listener in _listeners:
-            _listeners.remove(listener)
+        if listener in _engine.listeners:
+            _engine.listeners.remove(listener)  # type: ignore[arg-type]
 
 
 def warm_up() -> None:
@@ -105,18 +156,20 @@ def _warm_up_imports() -> None:
     with guard("warm-up"):
         import genai_prices  # noqa: F401  (about 0.1 s, once)
 
-        from . import _records  # noqa: F401  (pricing and record building)
+        from . import _engine
+        from ._engine import fold  # noqa: F401  (pricing, record building, the ledger)
         from ._spool import get_spool
 
         settings = get_settings()
-        get_spool(settings.ledger_path).connect()
+        get_spool(ledger_path()).connect()
+        _engine.ensure_started()
         if settings.has_credentials:
             # httpx and asyncio (about 0.1 s), which the first session end would otherwise
             # import on the host's thread when it starts the exporter.
             from ._export import worker  # noqa: F401
 
 
-registry: Registry = make_registry(on_session_end, on_open=warm_up)
+registry: Registry = make_registry(on_session_end, on_open=warm_up, new_session=new_session)
 
 
 def _before_fork() -> None:
@@ -148,13 +201,38 @@ def shutdown(timeout: float) -> bool:
     """End every open session, write what the fallback writer holds, then drain the exporter;
     all within `timeout` seconds."""
     deadline = time.monotonic() + max(0.0, timeout)
-    registry.close_all("shutdown")
+    # A named conversation is ended here only if no other live process shares the ledger: one
+    # that does may continue it (it then ends after idle_timeout, in whichever process looks).
+    registry.close_all("shutdown", named=not _others_alive())
     written = writer.drain(max(0.0, deadline - time.monotonic()))
+    engine = sys.modules.get(f"{__package__}._engine")
+    if engine is not None:
+        engine.stop(max(0.0, deadline - time.monotonic()))
     export = sys.modules.get(f"{__package__}._export")  # never started if never imported
     stop = getattr(export, "shutdown", None)  # (None too while another thread is importing it)
     if stop is None:
         return written
     return bool(stop(max(0.0, deadline - time.monotonic()))) and written
+
+
+def _others_alive() -> bool:
+    import sys as _sys
+
+    journal_mod = _sys.modules.get(f"{__package__}._journal")
+    if journal_mod is None:
+        return False
+    with guard("shutdown"):
+        for journal in journal_mod.all_journals():
+            directory = journal.dir
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                owner = name[: -len(".lock")]
+                if name.endswith(".lock") and owner != journal.owner and journal_mod.owner_alive(directory, owner):
+                    return True
+    return False
 
 
 @atexit.register

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
@@ -114,10 +115,28 @@ def _iso(ts: float, tz: tzinfo | None) -> str:
     return datetime.fromtimestamp(ts, tz).astimezone(tz).isoformat(timespec="seconds")
 
 
-def build(snapshot: SessionSnapshot, settings: Settings) -> Built:
-    """All records of an ended session (see DESIGN.md, "Records sent to Keito")."""
+HoursCarry = Callable[[tuple[Any, ...], str, float], float]
+
+
+def build(
+    snapshot: SessionSnapshot,
+    settings: Settings,
+    costs: Mapping[tuple[str, str | None], Cost] | None = None,
+    carry: HoursCarry | None = None,
+) -> Built:
+    """All records of an ended session (see DESIGN.md, "Records sent to Keito").
+
+    `costs`: each model's cost, already priced call by call (the billing engine's); without it the
+    session's per-model totals are priced here. `carry(key, day, seconds)`: the hours to bill for
+    that many more seconds of (agent, project, task) on that day, rounding the day's running total
+    once (the engine's ledger-backed carry); without it each entry is rounded alone.
+    """
     tz = settings.tzinfo()
-    priced = [PricedUsage(u, price(u, settings.price_overrides, snapshot.started_at)) for u in snapshot.usage]
+    priced = [
+        PricedUsage(u, costs[(u.model, u.provider)] if costs and (u.model, u.provider) in costs
+                    else price(u, settings.price_overrides, snapshot.started_at))
+        for u in snapshot.usage
+    ]
     priced.sort(key=lambda p: -p.usage.total_tokens)
     ids = {
         f: _opt(snapshot, settings, f)
@@ -132,7 +151,11 @@ def build(snapshot: SessionSnapshot, settings: Settings) -> Built:
     days = split_by_day(snapshot.intervals, tz) if snapshot.had_runs else {}
     first_day = min(days) if days else datetime.fromtimestamp(snapshot.started_at, tz).astimezone(tz).date()
     records: list[Record] = []
-    hours_by_day = {d: round_hours(s, settings.hours_increment, settings.rounding) for d, s in days.items()}
+    if carry is None:
+        hours_by_day = {d: round_hours(s, settings.hours_increment, settings.rounding) for d, s in days.items()}
+    else:
+        key = (ids["agent_id"], ids["project_id"], ids["task_id"])
+        hours_by_day = {d: carry(key, d.isoformat(), s) for d, s in days.items()}
     if days and sum(hours_by_day.values()) < settings.min_hours:
         longest = max(days, key=lambda d: days[d])
         hours_by_day[longest] = round(

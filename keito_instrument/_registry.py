@@ -35,9 +35,11 @@ class Registry:
     """The process-wide table of open sessions. Every method is thread-safe and O(1) amortised."""
 
     def __init__(self, on_end: Callable[[SessionSnapshot], None],
-                 on_open: Callable[[], None] | None = None) -> None:
+                 on_open: Callable[[], None] | None = None,
+                 new_session: Callable[[str, SessionOptions, str], Session] | None = None) -> None:
         self._on_end = on_end
         self._on_open = on_open
+        self._new_session = new_session or Session
         self._lock = threading.Lock()
         self._open: OrderedDict[str, Session] = OrderedDict()
         self._last_sweep = 0.0
@@ -69,19 +71,24 @@ class Registry:
                 return enclosing
         if session_id is not None:
             session_id = str(session_id)[:MAX_SESSION_ID]
-        evicted: list[Session] = []
+            found = self._open.get(session_id)
+            if found is not None and not found.ended:
+                return found
+        # Built (and its opening journalled) before it is published in the table, so no other
+        # thread can record into it before its opening event is written; no lock is held meanwhile.
+        session = self._new_session(session_id or new_session_id(), options, close)
         with self._lock:
             if session_id is not None:
                 found = self._open.get(session_id)
                 if found is not None and not found.ended:
+                    session._journal = None  # never used: the ledger ignores a session with no activity
                     return found
-            session = Session(session_id or new_session_id(), options, close)
             self._open[session.session_id] = session
-            settings = get_settings()
-            while len(self._open) > settings.max_open_sessions:
-                evicted.append(self._open.popitem(last=False)[1])
-        for old in evicted:
-            self.finish(old, "evicted")
+            cap = get_settings().max_open_sessions
+            while len(self._open) > cap:
+                # Memory only: the session's state is in the journal and the ledger, so a later
+                # turn with the same id continues the same ledger session.
+                self._open.popitem(last=False)
         if self._on_open is not None:
             with guard("session open"):
                 self._on_open()
@@ -140,9 +147,11 @@ class Registry:
             with guard("session end"):
                 self._on_end(snapshot)
 
-    def close_all(self, reason: str) -> int:
-        """End every open session (used by shutdown and the atexit hook). Returns how many ended."""
-        sessions = self.open_sessions()
+    def close_all(self, reason: str, named: bool = True) -> int:
+        """End every open session (`named=False`: only those that end with their runs; a named
+        conversation is left to the ledger, where another process may continue it). Returns how
+        many ended."""
+        sessions = [s for s in self.open_sessions() if named or s.close == "runs"]
         for session in sessions:
             self.end(session, reason)
         return len(sessions)
@@ -169,11 +178,14 @@ class Registry:
                 # at least this often; the next activity with the same id opens a new one.
                 due.append((session, "max_session_age"))
             elif session.close == "idle" and session.idle_for(now) > timeout:
-                due.append((session, "idle_timeout"))
+                due.append((session, "forget"))  # the ledger ends it, from its last activity anywhere
             elif session.close == "runs" and not session.open_runs and session.idle_for(now) > timeout:
                 due.append((session, "idle_timeout"))  # opened by record_* alone and never closed
         for session, reason in due:
-            self.end(session, reason)
+            if reason == "forget":
+                self._forget(session)
+            else:
+                self.end(session, reason)
         return len(due)
 
     def _ensure_sweeper(self) -> None:
@@ -229,8 +241,9 @@ def _register_fork_hook(registry: Registry) -> None:
 
 
 def make_registry(on_end: Callable[[SessionSnapshot], None],
-                  on_open: Callable[[], None] | None = None) -> Registry:
+                  on_open: Callable[[], None] | None = None,
+                  new_session: Callable[[str, SessionOptions, str], Session] | None = None) -> Registry:
     """Create a registry and hook it to fork."""
-    registry = Registry(on_end, on_open)
+    registry = Registry(on_end, on_open, new_session)
     _register_fork_hook(registry)
     return registry

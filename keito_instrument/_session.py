@@ -10,10 +10,13 @@ import threading
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._guard import guard
 from ._usage import ModelUsage, normalised_call
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 MAX_CALL_IDS = 100_000
 MAX_BREAKDOWN_KEYS = 200
@@ -99,7 +102,9 @@ class Run:
 class Session:
     """A billable session. Read `session_id`; record into it with the `record_*` methods."""
 
-    def __init__(self, session_id: str, options: SessionOptions, close: str = "runs") -> None:
+    def __init__(
+        self, session_id: str, options: SessionOptions, close: str = "runs", journal: "Journal | None" = None
+    ) -> None:
         self.session_id = session_id
         self.options = options
         self.close = close  # "runs": ends when its last run ends; "idle": ends after idle_timeout
@@ -119,6 +124,18 @@ class Session:
         self.errors = 0
         self.had_runs = False
         self.ended = False
+        self._journal = journal
+        self.ident = f"{self._wall0:.6f}"
+
+    def _log(self, kind: str, *fields: Any, wake: bool = False) -> None:
+        # The durable record of this event: one write to the journal, after our lock is released.
+        journal = self._journal
+        if journal is not None:
+            journal.append([kind, self.session_id, self.ident, self.close[0], time.time(), *fields], wake)
+
+    def journal_open(self, options: Mapping[str, Any]) -> None:
+        """Write the session's opening event (its close rule and resolved options)."""
+        self._log("o", self.close, dict(options))
 
     # -- runs ---------------------------------------------------------------------------------
     def mono(self, wall: float | None, now: float) -> float:
@@ -143,14 +160,20 @@ class Session:
         with self._lock:
             if self.ended:
                 return None
+            closed: list[tuple[int, float]] = []
             while len(self._open_runs) >= max(1, max_open):
                 oldest = next(iter(self._open_runs))
-                self._add_interval(self._open_runs.pop(oldest), now)
+                closed.append((oldest, self._open_runs.pop(oldest)))
+                self._add_interval(closed[-1][1], now)
             self._next_run += 1
             self._open_runs[self._next_run] = start
             self._last_activity = now
             self.had_runs = True
-            return Run(self, self._next_run, start)
+            run = Run(self, self._next_run, start)
+        for old, old_start in closed:
+            self._log("r", old, self.wall(old_start), self.wall(now))
+        self._log("b", run.run_id, self.wall(start))
+        return run
 
     def end_run(self, run: Run, ended_at: float | None = None) -> SessionSnapshot | None:
         """Close a run. If it was the last run of a session that closes with its runs, the session
@@ -169,9 +192,12 @@ class Session:
             start = self._open_runs.pop(run.run_id, run.start)
             self._add_interval(start, max(start, end))
             self._last_activity = now
-            if self.close == "runs" and not self._open_runs:
-                return self._finish_locked("completed", now)
-            return None
+            last = self.close == "runs" and not self._open_runs
+            snapshot = self._finish_locked("completed", now) if last else None
+        self._log("r", run.run_id, self.wall(start), self.wall(max(start, end)))
+        if snapshot is not None:
+            self._log("e", "completed", [], self._expected(snapshot), wake=True)
+        return snapshot
 
     def _add_interval(self, start: float, end: float) -> None:
         # Keep the list sorted and merged: most runs end after the previous one, so this is O(1)
@@ -228,7 +254,12 @@ class Session:
             if breakdown:
                 for dim, value in breakdown.items():
                     self._add_breakdown(f"{dim}.{value}", usage)
-            return True
+        self._log(
+            "c", usage.model, usage.provider, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+            usage.cache_write_tokens, usage.reasoning_tokens, usage.cached_calls, usage.usage_missing,
+            dict(breakdown) if breakdown else None,
+        )
+        return True
 
     def _add_breakdown(self, key: str, usage: ModelUsage) -> None:
         slot = self._breakdown.get(key)
@@ -285,18 +316,23 @@ class Session:
     def count(self, *, tool_calls: int = 0, errors: int = 0) -> None:
         """Count tool calls and errors."""
         with self._lock:
+            if self.ended:
+                return
             self.tool_calls += tool_calls
             self.errors += errors
             self._last_activity = time.monotonic()
+        self._log("n", tool_calls, errors)
 
     def add_outcome(self, outcome_type: str, **fields: Any) -> None:
         """Attach an outcome (billed at session end as an hours-0 time entry)."""
         with self._lock:
-            self._outcomes.append(
-                Outcome(
-                    outcome_type=outcome_type, seq=len(self._outcomes) + 1, logged_at=time.time(), **fields
-                )
+            if self.ended:
+                return
+            outcome = Outcome(
+                outcome_type=outcome_type, seq=len(self._outcomes) + 1, logged_at=time.time(), **fields
             )
+            self._outcomes.append(outcome)
+        self._log("x", {f: getattr(outcome, f) for f in Outcome._fields if f != "logged_at"})
 
     def usage(self) -> list[ModelUsage]:
         """A copy of the per-model usage so far."""
@@ -312,7 +348,19 @@ class Session:
         """End the session once; returns its snapshot, or None if it had already ended."""
         now = time.monotonic() if at is None else at
         with self._lock:
-            return self._finish_locked(reason, now)
+            closed = [(s, min(now, max(self._last_activity, s))) for s in self._open_runs.values()]
+            snapshot = self._finish_locked(reason, now)
+        if snapshot is not None:
+            closed_runs = [[self.wall(s), self.wall(e)] for s, e in closed]
+            self._log("e", reason, closed_runs, self._expected(snapshot, len(closed)), wake=True)
+        return snapshot
+
+    def _expected(self, snapshot: SessionSnapshot, closed: int = 0) -> list[int]:
+        # What the journal holds for this session once every thread that counted something has
+        # written its line (a thread may write just after the end): the billing worker waits
+        # for them before it bills the session.
+        return [self._next_run - closed, snapshot.llm_calls, snapshot.tool_calls, snapshot.errors,
+                len(snapshot.outcomes)]
 
     def age(self, now: float) -> float:
         """Seconds since the session opened."""
@@ -349,3 +397,4 @@ class Session:
         # be released here, so the child gets a fresh one.
         self._lock = threading.Lock()
         self.ended = True
+        self._journal = None

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,51 @@ CREATE TABLE IF NOT EXISTS usage (
     reasoning_tokens INTEGER NOT NULL, llm_calls INTEGER NOT NULL, cost_usd REAL,
     PRIMARY KEY (session_key, model, provider)
 );
+CREATE TABLE IF NOT EXISTS live (
+    key TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_activity REAL NOT NULL,
+    due_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS live_due ON live (due_at);
+CREATE TABLE IF NOT EXISTS named (session_id TEXT PRIMARY KEY, options TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS journal_offsets (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL, updated_at REAL);
+CREATE TABLE IF NOT EXISTS hours_carry (
+    agent_id TEXT NOT NULL, project_id TEXT NOT NULL, task_id TEXT NOT NULL, spent_date TEXT NOT NULL,
+    seconds REAL NOT NULL, hours REAL NOT NULL,
+    PRIMARY KEY (agent_id, project_id, task_id, spent_date)
+);
 """
 
 STATES = ("local", "pending", "sending", "delivered", "dead")
+before_read: Callable[[str], None] | None = None  # set by the billing engine
+
+
+def insert_built(conn: sqlite3.Connection, built: Built, state: str) -> None:
+    """Write one ended session's records, report row and usage rows (inside a transaction)."""
+    now = time.time()
+    conn.executemany(
+        "INSERT OR IGNORE INTO records (record_id, kind, session_id, spent_date, project_id, path,"
+        " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [
+            (r.record_id, r.kind, r.session_id, r.spent_date, r.project_id, r.path,
+             json.dumps(r.payload, separators=(",", ":")), state, now, now)
+            for r in built.records
+        ],
+    )
+    row = built.session_row
+    conn.execute(
+        f"INSERT OR IGNORE INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+        tuple(row.values()),
+    )
+    if built.usage_rows:
+        cols = list(built.usage_rows[0])
+        conn.executemany(
+            f"INSERT OR IGNORE INTO usage ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [tuple(u[c] for c in cols) for u in built.usage_rows],
+        )
 
 
 def default_path() -> Path:
@@ -149,41 +191,25 @@ class Spool:
         `busy_timeout` (seconds) bounds the wait for another writer's lock; past it
         `sqlite3.OperationalError` is raised and nothing is written.
         """
-        now = time.time()
         with self.transaction(busy_timeout) as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO records (record_id, kind, session_id, spent_date, project_id, path,"
-                " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        r.record_id,
-                        r.kind,
-                        r.session_id,
-                        r.spent_date,
-                        r.project_id,
-                        r.path,
-                        json.dumps(r.payload, separators=(",", ":")),
-                        state,
-                        now,
-                        now,
-                    )
-                    for r in built.records
-                ],
-            )
-            row = built.session_row
-            conn.execute(
-                f"INSERT OR IGNORE INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                tuple(row.values()),
-            )
-            if built.usage_rows:
-                cols = list(built.usage_rows[0])
-                conn.executemany(
-                    f"INSERT OR IGNORE INTO usage ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    [tuple(u[c] for c in cols) for u in built.usage_rows],
-                )
+            insert_built(conn, built, state)
+
+    def _read_own_writes(self) -> None:
+        # A reader sees every session this process has ended: the journal it wrote is folded
+        # first (in the background this happens within a second anyway).
+        hook = before_read
+        if hook is not None:
+            hook(str(self.path))
+
+    def live_sessions(self) -> list[dict[str, Any]]:
+        """Open sessions as the ledger holds them (state decoded), oldest activity first."""
+        self._read_own_writes()
+        rows = self.connect().execute("SELECT key, session_id, state, last_activity FROM live ORDER BY last_activity")
+        return [{**dict(r), "state": json.loads(r["state"])} for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Records per state (every state present, zero included)."""
+        self._read_own_writes()
         result = dict.fromkeys(STATES, 0)
         for row in self.connect().execute("SELECT state, COUNT(*) AS n FROM records GROUP BY state"):
             result[row["state"]] = row["n"]
@@ -191,6 +217,7 @@ class Spool:
 
     def last_errors(self, limit: int = 10) -> list[sqlite3.Row]:
         """The most recent records that carry an error (dead letters and retrying ones)."""
+        self._read_own_writes()
         return list(
             self.connect().execute(
                 "SELECT record_id, kind, session_id, spent_date, state, attempts, last_error, updated_at"
@@ -202,6 +229,7 @@ class Spool:
 
     def records(self, session_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         """Records with their payloads decoded (for tests, `status` and users' own checks)."""
+        self._read_own_writes()
         sql, args = "SELECT * FROM records WHERE 1=1", list[str]()
         if session_id is not None:
             sql, args = sql + " AND session_id = ?", [*args, session_id]
@@ -212,6 +240,7 @@ class Spool:
 
     def sessions(self, since: float | None = None) -> list[dict[str, Any]]:
         """Ledger rows of ended sessions, oldest first."""
+        self._read_own_writes()
         rows = self.connect().execute(
             "SELECT * FROM sessions WHERE started_at >= ? ORDER BY started_at", (since or 0.0,)
         )
@@ -219,6 +248,7 @@ class Spool:
 
     def usage(self, since: float | None = None) -> list[dict[str, Any]]:
         """Per-model usage rows joined with their session's day, project and agent."""
+        self._read_own_writes()
         rows = self.connect().execute(
             "SELECT u.*, s.spent_date, s.project_id, s.agent_id, s.session_id FROM usage u"
             " JOIN sessions s ON s.session_key = u.session_key WHERE s.started_at >= ?",
@@ -228,6 +258,7 @@ class Spool:
 
     def release_local(self) -> int:
         """Turn `local` records into `pending` (credentials now exist). Returns how many."""
+        self._read_own_writes()
         with self.transaction() as conn:
             return conn.execute(
                 "UPDATE records SET state='pending', updated_at=? WHERE state='local'", (time.time(),)

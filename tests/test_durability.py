@@ -37,10 +37,13 @@ def test_kill_9_right_after_a_session_ends_loses_nothing(tmp_path: Path) -> None
     finally:
         if child.poll() is None:
             child.kill()
-    # A brand-new process opens the ledger and finds both records.
+    # A brand-new process folds the dead process's journal and finds both records, once.
     reader = textwrap.dedent("""
         import sys
+        from keito_instrument import _engine
         from keito_instrument._spool import Spool
+        _engine.fold_ledger(sys.argv[1], include_live=False)  # recovery: the dead process's journal
+        _engine.fold_ledger(sys.argv[1], include_live=False)  # a second recovery bills nothing more
         spool = Spool(sys.argv[1])
         print(sorted((r["kind"], r["state"]) for r in spool.records(session_id="survivor")))
         print(spool.sessions()[0]["input_tokens"])
@@ -60,6 +63,7 @@ def test_appending_the_same_session_twice_changes_nothing(tmp_path: Path) -> Non
     try:
         with keito.session(session_id="twice"):
             keito.record_llm_call("gpt-4o", input_tokens=1, output_tokens=1)
+        assert keito.flush(5.0)
     finally:
         remove_record_listener(captured.append)
     spool = Spool(tmp_path / "again.sqlite3")

@@ -52,9 +52,13 @@ def test_a_session_end_without_credentials_starts_no_thread(ledger: object) -> N
         return 1
 
     assert work() == 1
-    # Only the one-off warm-up thread (price data, spool schema) may run, and it ends by itself.
+    # Only the one-off warm-up thread (price data, ledger schema) and the billing thread may run
+    # (both daemons); no exporter without credentials. Shutdown stops the billing thread.
     for thread in threading.enumerate():
         if thread.ident not in before:
-            assert thread.name == "keito-instrument-warmup"
+            assert thread.name in ("keito-instrument-warmup", "keito-instrument-billing") and thread.daemon
+    assert keito_instrument.shutdown(5.0)
+    for thread in threading.enumerate():
+        if thread.ident not in before:
             thread.join(timeout=30)
     assert {t.ident for t in threading.enumerate() if t.is_alive()} == before

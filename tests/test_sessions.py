@@ -117,13 +117,18 @@ def test_idle_sessions_close_by_themselves(ledger: Spool) -> None:
     assert [r["end_reason"] for r in ledger.sessions()] == ["idle_timeout"]
 
 
-def test_open_sessions_are_capped_and_the_oldest_is_billed_not_lost(ledger: Spool) -> None:
+def test_the_memory_cap_never_splits_a_conversation(ledger: Spool) -> None:
     keito.configure(max_open_sessions=5)
     for n in range(7):
         keito.record_llm_call("gpt-4o", input_tokens=10, output_tokens=1, session_id=f"s{n}")
     assert len(_pipeline.registry.open_sessions()) == 5
-    evicted = {r["session_id"]: r["end_reason"] for r in ledger.sessions()}
-    assert evicted == {"s0": "evicted", "s1": "evicted"}
+    assert ledger.sessions() == []  # forgotten from memory, still open in the ledger
+    assert len(ledger.live_sessions()) == 7
+    keito.record_llm_call("gpt-4o", input_tokens=10, output_tokens=1, session_id="s0")  # its next turn
+    assert keito.end_session("s0")
+    assert keito.flush(5.0)
+    rows = [r for r in ledger.sessions() if r["session_id"] == "s0"]
+    assert [(r["llm_calls"], r["input_tokens"]) for r in rows] == [(2, 20)]
 
 
 def test_a_run_whose_end_never_arrives_does_not_leak(ledger: Spool) -> None:

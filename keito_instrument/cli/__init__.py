@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure(ledger_path=args.ledger)
     try:
+        if args.command in ("report", "status", "sync"):
+            _fold(args.command)
         code: int = args.func(args)
     except ValueError as exc:  # bad settings from configure() or the environment
         print(f"keito-instrument: error: {exc}", file=sys.stderr)
@@ -55,6 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _fold(command: str) -> None:
+    """Bring the ledger up to date first: fold every process's journal (open sessions show their
+    spend so far) and end what is due, such as the sessions of a process that died."""
+    import os
+
+    from .. import _engine, _pipeline
+
+    path = _pipeline.ledger_path()
+    if not os.path.exists(path) and not os.path.isdir(path + ".journal"):
+        return
+    try:
+        _engine.fold_ledger(path, include_live=True)
+    except Exception as exc:  # the command still shows what the ledger holds
+        print(f"keito-instrument: could not fold the journal before {command}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def test_the_first_notify_starts_one_exporter_thread(keito_server: KeitoTestServ
     keito.shutdown(1.0)
     assert exporters() == []
     run_sessions(2)
+    deadline = time.monotonic() + 10.0  # the billing thread bills them, then wakes the exporter
+    while not exporters() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(exporters()) == 1 and exporters()[0].daemon
     assert keito.flush(5.0)
     assert keito.shutdown(2.0)
@@ -87,6 +90,7 @@ def test_one_listing_reconciles_every_ambiguous_record_of_a_day(
 ) -> None:
     keito.configure(api_key=None)
     run_sessions(20)  # kept locally, then released at once: one batch
+    assert keito.flush(5.0)
     keito.configure(api_key=keito_server.api_key)
     assert ledger.release_local() == 40
     keito_server.error_after_commit(count=40, status=503)
@@ -103,6 +107,7 @@ def test_reconciling_reads_every_page_of_the_day(
     monkeypatch.setattr(client, "LIST_PAGE_SIZE", 3)  # 20 records of a day: 7 pages per endpoint
     keito.configure(api_key=None)
     run_sessions(20)
+    assert keito.flush(5.0)
     keito.configure(api_key=keito_server.api_key)
     assert ledger.release_local() == 40
     keito_server.error_after_commit(count=40, status=500)

@@ -215,6 +215,7 @@ def test_threads_running_chains_in_parallel(ledger: Spool) -> None:
             t.start()
         for t in threads:
             t.join()
+        assert keito.flush(10.0)  # billing runs in the background: let it bill every session
     finally:
         _pipeline.remove_record_listener(listener)
     assert not errors

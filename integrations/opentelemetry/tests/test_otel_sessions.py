@@ -14,7 +14,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import keito_instrument as keito
 from keito_instrument import _session
-from keito_instrument._pipeline import registry
 from keito_instrument._spool import Spool
 from keito_instrument.integrations.otel import KeitoSpanProcessor
 
@@ -124,15 +123,20 @@ def test_session_id_spans_several_traces_and_bills_the_union_of_roots(
 def test_idle_timeout_ends_a_session_id_spanning_many_traces(
     otel: Otel, ledger: Spool, clock: FakeClock, at: Timeline
 ) -> None:
+    import time
+
+    from keito_instrument._engine import fold
+
     keito.configure(idle_timeout=60.0)
     for n in range(3):
         turn(otel, "conv-idle", 10 + n, at(51 * n)).end(end_time=at(51 * n + 1))
-        clock.now += 50.0  # less than the timeout after each trace: activity keeps it open
-        assert registry.sweep(clock.now) == 0
-    assert ledger.sessions() == []
-    clock.now += 11.0  # 61 s since the last root ended
-    assert registry.sweep(clock.now) == 1
-    [row] = ledger.sessions()
+    assert keito.flush(5.0)
+    assert ledger.sessions() == []  # idle less than the timeout: still open in the ledger
+    later = time.time() + 61.0  # 61 s after its last activity: the ledger ends it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fold, "clock", lambda: later)
+        assert keito.flush(5.0)
+        [row] = ledger.sessions()
     assert (row["session_id"], row["end_reason"], row["llm_calls"], row["input_tokens"]) == (
         "conv-idle",
         "idle_timeout",

@@ -1,0 +1,291 @@
+"""The billing engine: a background thread that folds the journal into the ledger.
+
+It runs in every process that records sessions (with or without credentials), beside the
+exporter: it wakes when a session ends (and at least once a second), folds this process's
+journal (`fold.py`), ends the ledger's sessions that are due (a named conversation idle for
+`idle_timeout` since its last activity in any process; a session whose process died), bills
+them, and wakes the exporter. Every few seconds it also folds the journals that dead processes
+left behind. `settle()` does the same work synchronously for `flush()`, `shutdown()` and the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .._config import get_settings
+from .._guard import guard
+from .._journal import Journal, all_journals, journal_dir, owner_alive
+
+_log = logging.getLogger("keito_instrument")
+
+TICK = 1.0  # seconds between folds when nothing wakes the worker
+RECOVER_EVERY = 5.0  # seconds between looks for journals left by processes that are gone
+ROTATE_BYTES = 4 * 1024 * 1024
+_lock = threading.RLock()  # one fold at a time in this process
+_thread: threading.Thread | None = None
+_start_lock = threading.Lock()
+_stop = threading.Event()
+_last_recover: dict[str, float] = {}
+listeners: list[Callable[[object], None]] = []
+
+
+def ensure_started() -> None:
+    """Start the billing thread if it is not running (cheap when it is)."""
+    global _thread, _stop
+    thread = _thread
+    if thread is not None and thread.is_alive() and not _stop.is_set():
+        return
+    with _start_lock:
+        if _thread is None or not _thread.is_alive() or _stop.is_set():
+            _stop = threading.Event()  # a stopping thread keeps its own (set) event
+            _thread = threading.Thread(target=_loop, args=(_stop,), name="keito-instrument-billing",
+                                       daemon=True)
+            _thread.start()
+
+
+def _loop(stop: threading.Event) -> None:
+    from .. import _journal
+
+    while not stop.is_set():
+        _journal.WAKE.wait(TICK)
+        _journal.WAKE.clear()
+        if stop.is_set():
+            return
+        with guard("billing"):
+            cycle()
+
+
+def cycle(recover: bool | None = None) -> int:
+    """One pass over every journal this process writes: fold, bill, rotate, recover. Returns the
+    number of records built."""
+    built = 0
+    with _lock:
+        for journal in all_journals():
+            # One ledger's trouble (a deleted or broken file) never stops the others' billing.
+            with guard("billing"):
+                built += _fold_journal(journal)
+            now = time.monotonic()
+            last = _last_recover.get(journal.dir, 0.0)
+            if recover or (recover is None and now - last >= RECOVER_EVERY):
+                _last_recover[journal.dir] = now
+                built += fold_ledger(journal.ledger_path, include_live=False, skip_owner=journal.owner)
+    return built
+
+
+def _segments_of(directory: str, owner: str | None) -> dict[str, list[tuple[int, str]]]:
+    from .fold import Segment  # noqa: F401  (the import warms the module)
+
+    found: dict[str, list[tuple[int, str]]] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return found
+    for name in names:
+        if not name.endswith(".jsonl"):
+            continue
+        parts = name[: -len(".jsonl")].rsplit(".", 1)
+        if len(parts) != 2 or not parts[1].isdigit():
+            continue
+        if owner is None or parts[0] == owner:
+            found.setdefault(parts[0], []).append((int(parts[1]), name))
+    for segs in found.values():
+        segs.sort()
+    return found
+
+
+def _fold_journal(journal: Journal) -> int:
+    from .._spool import get_spool
+    from .fold import Segment, fold
+
+    settings = get_settings()
+    segs = _segments_of(journal.dir, journal.owner).get(journal.owner, [])
+    memory: list[tuple[str, bytes]] = []
+    while journal.memory:
+        memory.append((journal.owner, journal.memory.popleft()))
+    segments = [Segment(name, os.path.join(journal.dir, name), journal.owner) for _seq, name in segs]
+    try:
+        result = fold(get_spool(journal.ledger_path), settings, segments, memory, _alive_check(journal))
+    except BaseException:
+        for item in reversed(memory):  # folded next time
+            journal.memory.appendleft(item[1])
+        raise
+    _after_fold(result.built, settings.has_credentials)
+    _compact_own(journal, segs, result.complete)
+    return sum(len(b.records) for b in result.built)
+
+
+def _alive_check(journal: Journal) -> Callable[[str], bool]:
+    cache: dict[str, bool] = {journal.owner: True}
+
+    def alive(owner: str) -> bool:
+        if owner not in cache:
+            cache[owner] = owner_alive(journal.dir, owner)
+        return cache[owner]
+
+    return alive
+
+
+def _compact_own(journal: Journal, segs: list[tuple[int, str]], complete: dict[str, bool]) -> None:
+    for seq, name in segs:
+        path = os.path.join(journal.dir, name)
+        if seq < journal.seq and complete.get(name):
+            try:
+                if time.time() - os.path.getmtime(path) > 5.0:  # no late writer on an old descriptor
+                    os.unlink(path)
+            except OSError:
+                pass
+        elif seq == journal.seq and complete.get(name):
+            try:
+                if os.path.getsize(path) > ROTATE_BYTES:
+                    journal.rotate()
+            except OSError:
+                pass
+
+
+def fold_ledger(ledger_path: str, include_live: bool = True, skip_owner: str | None = None) -> int:
+    """Fold the journals of every process of a ledger (`include_live=False`: only of processes
+    that are gone), end what is due, and delete what is folded. Used by the CLI and recovery."""
+    from .._spool import get_spool
+    from .fold import Segment, fold
+
+    directory = journal_dir(ledger_path)
+    owners = _segments_of(directory, None)
+    alive = {owner: owner_alive(directory, owner) for owner in owners if owner != skip_owner}
+    chosen = [o for o in owners if o != skip_owner and (include_live or not alive[o])]
+    segments = [Segment(n, os.path.join(directory, n), o) for o in chosen for _s, n in owners[o]]
+    settings = get_settings()
+    if not segments and not os.path.exists(ledger_path):
+        return 0
+    result = fold(get_spool(ledger_path), settings, segments, None,
+                  lambda owner: owner == skip_owner or alive.get(owner, owner_alive(directory, owner)))
+    _after_fold(result.built, settings.has_credentials)
+    for owner in chosen:
+        if alive[owner]:
+            continue
+        names = [n for _s, n in owners[owner]]
+        if all(result.complete.get(n) for n in names):
+            for name in [*names, f"{owner}.lock"]:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+            _forget_offsets(ledger_path, names)
+    return sum(len(b.records) for b in result.built)
+
+
+def _forget_offsets(ledger_path: str, names: list[str]) -> None:
+    from .._spool import get_spool
+
+    with get_spool(ledger_path).transaction() as conn:
+        conn.executemany("DELETE FROM journal_offsets WHERE segment = ?", [(n,) for n in names])
+
+
+def _after_fold(built: Sequence[object], credentials: bool) -> None:
+    for one in built:
+        for listener in list(listeners):
+            with guard("record listener"):
+                listener(one)
+    if built and credentials:
+        from .. import _export
+
+        _export.notify()
+
+
+def settle(timeout: float) -> bool:
+    """Fold everything this process journalled, now (bounded by `timeout`); True if done.
+
+    Sessions whose end was journalled are billed; a second pass picks up lines that threads
+    counted before the end but wrote just after it.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    if not _lock.acquire(timeout=max(0.0, timeout)):
+        return False
+    try:
+        for _ in range(50):
+            with guard("billing settle"):
+                cycle(recover=False)
+            if not _pending_own_ends() or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        return not _pending_own_ends()
+    finally:
+        _lock.release()
+
+
+def _pending_own_ends() -> bool:
+    from .._spool import get_spool
+
+    for journal in all_journals():
+        if journal.memory:
+            return True
+        conn = get_spool(journal.ledger_path).connect()
+        for (text,) in conn.execute("SELECT state FROM live WHERE due_at <= ?", (time.time() + 5.0,)):
+            if f'"{journal.owner}":' in text and '"ends":{}' not in text:
+                return True
+    return False
+
+
+def _before_read(path: str) -> None:
+    from .._journal import all_journals
+
+    if any(j.ledger_path == path for j in all_journals()) and threading.current_thread() is not _thread:
+        settle(5.0)
+
+
+def stop(timeout: float) -> None:
+    """Fold what is left and stop the billing thread (shutdown); the next session starts it again."""
+    global _thread
+    deadline = time.monotonic() + max(0.0, timeout)
+    settle(timeout)
+    with _start_lock:
+        thread = _thread
+        _stop.set()
+        from .._journal import WAKE
+
+        WAKE.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        _thread = None
+
+
+_fork_holds_lock = False
+
+
+def _before_fork() -> None:
+    # A fork in the middle of a fold would hand the child SQLite's in-process lock bookkeeping
+    # for a transaction whose file locks stay with the parent: the child's next BEGIN then waits
+    # forever. Wait (bounded) for the fold to finish instead.
+    global _fork_holds_lock
+    _fork_holds_lock = _lock.acquire(timeout=2.0)
+
+
+def _after_fork_in_parent() -> None:
+    global _fork_holds_lock
+    if _fork_holds_lock:
+        _fork_holds_lock = False
+        _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _thread, _lock, _start_lock, _stop, _fork_holds_lock
+    _fork_holds_lock = False
+    _thread, _lock, _start_lock, _stop = None, threading.RLock(), threading.Lock(), threading.Event()
+    _last_recover.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+def _install_read_hook() -> None:
+    from .. import _spool
+
+    _spool.before_read = _before_read
+
+
+_install_read_hook()
+

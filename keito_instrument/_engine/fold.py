@@ -1,0 +1,226 @@
+"""Fold journal segments into the ledger, exactly once, and bill the sessions that have ended.
+
+One fold is one SQLite transaction: the events read from each segment since its recorded offset
+are applied to the ledger's open sessions, the sessions that ended are turned into records (per
+session, with the day's hours rounded once across entries), and the new offsets are stored, all
+committed together. A crash anywhere before COMMIT leaves the ledger and the offsets as they
+were, so the same lines are folded again by whoever folds next; after COMMIT they never are.
+Any process may fold any segment: the offsets serialise them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from .._config import Settings
+from .._records import Built, build
+from .._spool import Spool, insert_built
+from .hours import HoursLedger
+from .state import LiveSession, row_key
+
+_log = logging.getLogger("keito_instrument")
+
+MAX_READ = 8 * 1024 * 1024  # bytes read from one segment per fold
+MAX_DUE = 500  # open sessions examined per sweep
+clock = time.time  # the engine's wall clock (tests move it forward)
+
+
+class Segment(NamedTuple):
+    """One journal segment: its file and the process that wrote it."""
+
+    name: str
+    path: str
+    owner: str
+
+
+class FoldResult(NamedTuple):
+    """What a fold did."""
+
+    built: list[Built]
+    events: int
+    complete: dict[str, bool]  # per segment name: folded to its end
+    open_sessions: int
+
+
+class _Batch:
+    """The open sessions one fold touches, loaded from the ledger on first use."""
+
+    def __init__(self, conn: sqlite3.Connection, settings: Settings) -> None:
+        self.conn, self.settings = conn, settings
+        self.rows: dict[str, LiveSession] = {}
+        self.named: dict[str, dict[str, Any]] = {}
+
+    def get(self, sid: str, ident: str, mode: str) -> LiveSession:
+        key = row_key(sid, ident, mode)
+        live = self.rows.get(key)
+        if live is not None:
+            return live
+        found = self.conn.execute("SELECT state FROM live WHERE key = ?", (key,)).fetchone()
+        if found is not None:
+            live = LiveSession.loads(found[0])
+        else:
+            live = LiveSession(key, sid, ident, mode)
+            if mode == "i":  # a conversation continued after an earlier part was billed
+                opts = self.conn.execute("SELECT options FROM named WHERE session_id = ?", (sid,)).fetchone()
+                if opts is not None:
+                    live.opts = json.loads(opts[0])
+        self.rows[key] = live
+        return live
+
+    def apply(self, event: list[Any], owner: str) -> None:
+        kind, sid, ident, mode = event[0], str(event[1]), str(event[2]), str(event[3])
+        live = self.get(sid, ident, mode)
+        live.apply(event, owner, self.settings)
+        if kind == "o" and mode == "i":
+            self.named[sid] = dict(event[6])
+
+
+def _read_lines(path: str, offset: int) -> tuple[list[bytes], int]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(MAX_READ)
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset  # nothing complete yet (a line is being written)
+    return data[: end + 1].splitlines(), offset + end + 1
+
+
+def _parse(line: bytes) -> list[Any] | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        _log.warning("keito-instrument: skipping an unreadable journal line (%d bytes)", len(line))
+        return None
+    if not isinstance(event, list) or len(event) < 5:
+        return None
+    return event
+
+
+def fold(
+    spool: Spool,
+    settings: Settings,
+    segments: Iterable[Segment],
+    memory: list[tuple[str, bytes]] | None = None,
+    alive: Callable[[str], bool] | None = None,
+    sweep: bool = True,
+) -> FoldResult:
+    """Fold new journal lines (and lines kept in memory) into the ledger; end and bill what is due.
+
+    `alive(owner)` tells whether the process behind an owner id still runs (a session whose
+    process is gone ends by its idle timeout from its last activity). Raises on a SQLite error,
+    in which case nothing was changed.
+    """
+    now = clock()
+    built: list[Built] = []
+    complete: dict[str, bool] = {}
+    events = 0
+    with spool.transaction() as conn:
+        batch = _Batch(conn, settings)
+        offsets: dict[str, int] = {}
+        for seg in segments:
+            row = conn.execute("SELECT offset FROM journal_offsets WHERE segment = ?", (seg.name,)).fetchone()
+            start = int(row[0]) if row else 0
+            lines, new_offset = _read_lines(seg.path, start)
+            for line in lines:
+                event = _parse(line)
+                if event is not None:
+                    batch.apply(event, seg.owner)
+                    events += 1
+            if new_offset != start:
+                offsets[seg.name] = new_offset
+            try:
+                complete[seg.name] = new_offset >= os.path.getsize(seg.path)
+            except OSError:
+                complete[seg.name] = True
+        for owner, line in memory or ():
+            event = _parse(line)
+            if event is not None:
+                batch.apply(event, owner)
+                events += 1
+        if sweep:
+            _load_due(conn, batch, now)
+        hours = HoursLedger(conn, settings)
+        state = "pending" if settings.has_credentials else "local"
+        for live in batch.rows.values():
+            reason = _end_reason(live, settings, now, alive)
+            if reason is not None:
+                conn.execute("DELETE FROM live WHERE key = ?", (live.key,))
+                one = _bill(live, reason, settings, hours)
+                if one is not None:
+                    insert_built(conn, one, state)
+                    built.append(one)
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO live (key, session_id, state, last_activity, due_at, updated_at)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (live.key, live.sid, live.dumps(), live.last, _due_at(live, settings, now), now),
+                )
+        for sid, opts in batch.named.items():
+            conn.execute("INSERT OR REPLACE INTO named (session_id, options, updated_at) VALUES (?,?,?)",
+                         (sid, json.dumps(opts, default=str), now))
+        conn.executemany(
+            "INSERT OR REPLACE INTO journal_offsets (segment, offset, updated_at) VALUES (?,?,?)",
+            [(name, off, now) for name, off in offsets.items()],
+        )
+        open_sessions = conn.execute("SELECT COUNT(*) FROM live").fetchone()[0]
+    return FoldResult(built, events, complete, int(open_sessions))
+
+
+def _load_due(conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
+    for key, text in conn.execute(
+        "SELECT key, state FROM live WHERE due_at <= ? ORDER BY due_at LIMIT ?", (now, MAX_DUE)
+    ).fetchall():
+        if key not in batch.rows:
+            batch.rows[key] = LiveSession.loads(text)
+
+
+def _end_reason(
+    live: LiveSession, settings: Settings, now: float, alive: Callable[[str], bool] | None
+) -> str | None:
+    reason = live.end_ready(now)
+    if reason is not None:
+        return reason
+    if live.first and now - live.first > settings.max_session_age and not live.open_runs:
+        return "max_session_age"
+    if now - live.last <= live.idle_timeout(settings):
+        return None
+    if live.open_runs:
+        owners = {token.split(":", 1)[0] for token in live.open_runs}
+        if alive is None or any(alive(owner) for owner in owners):
+            oldest = min(live.open_runs.values())
+            if now - oldest <= settings.max_run_age:
+                return None  # a run is still in progress in a live process
+            live.close_open_runs()
+            return "run_age_exceeded"
+        live.close_open_runs()
+        return "process_exited"
+    return "idle_timeout"
+
+
+def _due_at(live: LiveSession, settings: Settings, now: float) -> float:
+    due = live.last + live.idle_timeout(settings)
+    pending = live.pending_end_at()
+    if pending is not None:
+        due = min(due, pending)
+    if due <= now:  # examined and kept open (a run in progress): look again later
+        due = now + min(60.0, live.idle_timeout(settings))
+    if live.first:
+        due = min(due, max(now, live.first + settings.max_session_age))
+    return due
+
+
+def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger) -> Built | None:
+    live.close_open_runs()
+    if not (live.calls or live.had_runs or live.outcomes or live.tools or live.errors):
+        return None  # opened and never used (e.g. lost a race to an equal session)
+    snapshot = live.snapshot(reason, {})
+    return build(snapshot, settings, costs=live.priced(), carry=hours.carry)

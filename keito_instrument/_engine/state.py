@@ -1,0 +1,224 @@
+"""A session as the ledger holds it while it is open: what every journalled event added up to.
+
+Pure data and arithmetic (no I/O): `LiveSession.apply` folds one journal event in, each LLM call
+priced on its own at its own time; `snapshot()` turns a closed one into the input of record
+building. It serialises to JSON for the ledger's `live` table, so a session is the ledger's, not
+a process's: turns journalled by several processes fold into one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from .._config import Settings
+from .._pricing import Cost, price
+from .._session import Outcome, SessionOptions, SessionSnapshot
+from .._usage import ModelUsage
+
+# How long the worker waits, after a session's end event, for lines that threads counted before
+# the end but wrote just after it (microseconds in practice) before billing it anyway.
+END_GRACE = 5.0
+MAX_OUTCOMES = 10_000
+MAX_BREAKDOWN_KEYS = 200
+OPTION_FIELDS = SessionOptions._fields
+_SEP = "\x1f"
+
+
+def row_key(sid: str, ident: str, mode: str) -> str:
+    """A named conversation ('i': closes when idle) is one ledger session per id; any other
+    session is one per opening."""
+    return sid if mode == "i" else f"{sid}|{ident}"
+
+
+class LiveSession:
+    """The folded state of one open session."""
+
+    def __init__(self, key: str, sid: str, ident: str, mode: str) -> None:
+        self.key, self.sid, self.ident, self.mode = key, sid, ident, mode
+        self.opts: dict[str, Any] | None = None
+        self.intervals: list[list[float]] = []
+        self.open_runs: dict[str, float] = {}
+        self.usage: dict[str, list[Any]] = {}
+        self.calls = self.tools = self.errors = 0
+        self.outcomes: list[dict[str, Any]] = []
+        self.breakdown: dict[str, dict[str, int]] = {}
+        self.seen: dict[str, list[int]] = {}
+        self.ends: dict[str, list[Any]] = {}
+        self.end_reason: str | None = None
+        self.first = self.last = 0.0
+        self.owners: dict[str, float] = {}
+        self.had_runs = False
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def dumps(self) -> str:
+        """The JSON stored in the ledger."""
+        return json.dumps(self.__dict__, separators=(",", ":"), default=str)
+
+    @classmethod
+    def loads(cls, text: str) -> LiveSession:
+        """The inverse of `dumps`."""
+        data = json.loads(text)
+        live = cls(data["key"], data["sid"], data["ident"], data["mode"])
+        live.__dict__.update(data)
+        return live
+
+    # -- folding ---------------------------------------------------------------------------------
+    def apply(self, event: list[Any], owner: str, settings: Settings) -> None:
+        """Fold one journal event (`[kind, sid, ident, mode, t, *fields]`) from `owner`."""
+        kind, _sid, ident, _mode, t = event[:5]
+        fields = event[5:]
+        t = float(t)
+        if not self.first and self.mode == "i":
+            # A conversation can be billed in several parts (it went idle, then came back): each
+            # part's record ids come from when that part began, so no part collides with another.
+            self.ident = f"{t:.6f}"
+        self.first = min(self.first, t) if self.first else t
+        self.last = max(self.last, t)
+        self.owners[owner] = max(self.owners.get(owner, 0.0), t)
+        seen = self.seen.setdefault(ident, [0, 0, 0, 0, 0])
+        if kind == "o":
+            if self.opts is None:
+                self.opts = dict(fields[1])
+        elif kind == "b":
+            self.open_runs[f"{owner}:{ident}:{fields[0]}"] = float(fields[1])
+            self.had_runs = True
+        elif kind == "r":
+            self.open_runs.pop(f"{owner}:{ident}:{fields[0]}", None)
+            self.add_interval(float(fields[1]), float(fields[2]))
+            self.had_runs = True
+            seen[0] += 1
+        elif kind == "c":
+            self._add_call(fields, t, settings)
+            seen[1] += 1
+        elif kind == "n":
+            self.tools += int(fields[0])
+            self.errors += int(fields[1])
+            seen[2] += int(fields[0])
+            seen[3] += int(fields[1])
+        elif kind == "x":
+            if len(self.outcomes) < MAX_OUTCOMES:
+                self.outcomes.append({**fields[0], "logged_at": t, "ident": ident})
+            seen[4] += 1
+        elif kind == "e":
+            reason, closed, expected = fields[0], fields[1], fields[2]
+            for start, end in closed:
+                self.add_interval(float(start), float(end))
+            prefix = f"{owner}:{ident}:"
+            for token in [k for k in self.open_runs if k.startswith(prefix)]:
+                del self.open_runs[token]
+            self.ends[ident] = [list(expected), reason, t]
+
+    def _add_call(self, fields: list[Any], t: float, settings: Settings) -> None:
+        model, provider, i, o, cr, cw, rs, cached, missing, breakdown = fields[:10]
+        usage = ModelUsage(model, provider, int(i), int(o), int(cr), int(cw), int(rs), 1, int(cached), int(missing))
+        # Per request: a tiered price (prompts over 200k tokens) applies to this call alone, at
+        # the price in force at its own time.
+        cost = price(usage, settings.price_overrides, t)
+        slot = self.usage.get(f"{model}{_SEP}{provider or ''}")
+        if slot is None:
+            slot = self.usage[f"{model}{_SEP}{provider or ''}"] = [0, 0, 0, 0, 0, 0, 0, 0, "0", 0, None]
+        for index, value in enumerate((usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                                       usage.cache_write_tokens, usage.reasoning_tokens, 1, usage.cached_calls,
+                                       usage.usage_missing)):
+            slot[index] += value
+        if cost.usd is None:
+            slot[9] += 1
+        else:
+            slot[8] = str(Decimal(slot[8]) + cost.usd)
+            slot[10] = cost.basis if slot[10] in (None, "no tokens") else slot[10]
+        self.calls += 1
+        if breakdown:
+            for dim, value in breakdown.items():
+                key = f"{dim}.{value}"
+                entry = self.breakdown.get(key)
+                if entry is None:
+                    if len(self.breakdown) >= MAX_BREAKDOWN_KEYS:
+                        continue
+                    entry = self.breakdown[key] = {"input_tokens": 0, "output_tokens": 0, "llm_calls": 0}
+                entry["input_tokens"] += usage.input_tokens
+                entry["output_tokens"] += usage.output_tokens
+                entry["llm_calls"] += 1
+
+    def add_interval(self, start: float, end: float) -> None:
+        """Add a run's interval, keeping the list sorted and merged (parallel runs bill once)."""
+        merged: list[list[float]] = []
+        for lo, hi in sorted([*self.intervals, [start, max(start, end)]]):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.intervals = merged
+
+    # -- closing ---------------------------------------------------------------------------------
+    def end_ready(self, now: float) -> str | None:
+        """The reason this session ends now, if an end event says so and every line it counted
+        has been folded (or the grace for late lines has passed)."""
+        for ident, (expected, reason, t) in self.ends.items():
+            if self.mode == "i":
+                # A conversation's counts per process may span rows already billed: never wait
+                # (a line written after its end opens a new row, billed on its own, not lost).
+                return str(reason)
+            seen = self.seen.get(ident, [0, 0, 0, 0, 0])
+            if all(s >= e for s, e in zip(seen, expected, strict=False)) or now - t > END_GRACE:
+                return str(reason)
+        return None
+
+    def pending_end_at(self) -> float | None:
+        """When the grace of a pending end event expires, if there is one."""
+        return min((t + END_GRACE for _e, _r, t in self.ends.values()), default=None)
+
+    def idle_timeout(self, settings: Settings) -> float:
+        """This session's idle timeout."""
+        value = (self.opts or {}).get("idle_timeout")
+        return float(value) if value else settings.idle_timeout
+
+    def close_open_runs(self) -> None:
+        """Runs whose end never came (their process died) are billed up to the last activity."""
+        for start in self.open_runs.values():
+            self.add_interval(start, max(start, self.last))
+        self.open_runs.clear()
+
+    def priced(self) -> dict[tuple[str, str | None], Cost]:
+        """The cost of each model: the sum of its calls' own prices (None if one was unpriced)."""
+        out: dict[tuple[str, str | None], Cost] = {}
+        for name, slot in self.usage.items():
+            model, provider = name.split(_SEP, 1)
+            unknown = slot[9] or slot[7]
+            basis = "unpriced" if unknown else (slot[10] or "no tokens")
+            out[(model, provider or None)] = Cost(None if unknown else Decimal(slot[8]), basis)
+        return out
+
+    def snapshot(self, reason: str, fallback: Mapping[str, Any]) -> SessionSnapshot:
+        """The input of record building, once this session has ended."""
+        opts = {**fallback, **{k: v for k, v in (self.opts or {}).items() if v is not None}}
+        options = SessionOptions(**{k: opts.get(k) for k in OPTION_FIELDS if k != "metadata"},
+                                 metadata=dict(opts.get("metadata") or {}))
+        usage = []
+        for name, slot in self.usage.items():
+            model, provider = name.split(_SEP, 1)
+            usage.append(ModelUsage(model, provider or None, *slot[:8]))
+        outcomes = tuple(
+            Outcome(**{k: v for k, v in o.items() if k in Outcome._fields and k != "seq"},
+                    seq=index + 1)
+            for index, o in enumerate(self.outcomes)
+        )
+        intervals = tuple((s, e) for s, e in self.intervals)
+        return SessionSnapshot(
+            session_id=self.sid,
+            options=options,
+            opened_at=float(self.ident),
+            started_at=intervals[0][0] if intervals else self.first,
+            ended_at=max([self.last, *(e for _s, e in intervals)]),
+            intervals=intervals,
+            usage=tuple(usage),
+            llm_calls=self.calls,
+            tool_calls=self.tools,
+            errors=self.errors,
+            outcomes=outcomes,
+            breakdown={k: dict(v) for k, v in self.breakdown.items()},
+            end_reason=reason,
+            had_runs=self.had_runs,
+        )
