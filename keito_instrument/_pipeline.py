@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import _forksafe  # noqa: F401  (its fork hook must exist before any thread starts)
 from ._config import get_settings
 from ._guard import guard
 from ._registry import Registry, make_registry

@@ -276,8 +276,28 @@ _spools: dict[str, Spool] = {}
 _spools_lock = threading.Lock()
 
 
+_held_at_fork: list[Spool] = []
+
+
+def _before_fork() -> None:
+    # SQLite keeps a process's file-lock bookkeeping in memory: a child forked while a parent
+    # thread is inside a write transaction inherits a record of a lock it does not hold, and its
+    # own next BEGIN IMMEDIATE then waits out the busy timeout. Let the transactions in flight
+    # finish first (a bounded wait: a fork is never held up for long).
+    deadline = time.monotonic() + 2.0
+    for spool in list(_spools.values()):
+        if spool._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            _held_at_fork.append(spool)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop()._write_lock.release()
+
+
 def _reset_locks_in_child() -> None:
     global _spools_lock
+    _held_at_fork.clear()
     _spools_lock = threading.Lock()  # a parent thread may have held it at fork time
     for spool in _spools.values():
         spool._schema_lock = threading.Lock()
@@ -285,7 +305,9 @@ def _reset_locks_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_reset_locks_in_child
+    )
 
 
 def get_spool(path: str | os.PathLike[str] | None = None) -> Spool:

@@ -189,7 +189,11 @@ def _after_fold(built: Sequence[object], credentials: bool) -> None:
             with guard("record listener"):
                 listener(one)
     if built and credentials:
+        # Imported here, under the fold lock that a fork waits for, rather than by the exporter
+        # thread that notify() starts: a child forked in the middle of importing httpx and ssl
+        # would hang in its own exporter's first SSL context.
         from .. import _export
+        from .._export import worker  # noqa: F401
 
         _export.notify()
 
@@ -276,11 +280,6 @@ def _after_fork_in_child() -> None:
     _last_recover.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)
-
-
 def _install_read_hook() -> None:
     from .. import _spool
 
@@ -288,4 +287,9 @@ def _install_read_hook() -> None:
 
 
 _install_read_hook()
+# Registered after the spool's hooks, so that ours runs first before a fork (they run in reverse
+# order): the fold lock is always taken before a spool's write lock, as the billing thread does.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 

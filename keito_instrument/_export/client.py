@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from .._config import Settings
+from .._forksafe import section
 from .._version import __version__
 from .policy import PAUSE, RETRY_AMBIGUOUS, RETRY_REFUSED, Outcome, parse_retry_after
 
@@ -60,14 +61,15 @@ def headers(settings: Settings) -> dict[str, str]:
 def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """A keep-alive pool sized for `max_concurrency` parallel requests."""
     limit = settings.max_concurrency
-    return httpx.AsyncClient(
-        base_url=settings.base_url,
-        headers=headers(settings),
-        timeout=httpx.Timeout(settings.request_timeout),
-        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-        transport=transport,
-        follow_redirects=False,
-    )
+    with section():  # building the SSL context takes OpenSSL's locks: never fork half-way
+        return httpx.AsyncClient(
+            base_url=settings.base_url,
+            headers=headers(settings),
+            timeout=httpx.Timeout(settings.request_timeout),
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            transport=transport,
+            follow_redirects=False,
+        )
 
 
 def error_reason(response: httpx.Response) -> str:
