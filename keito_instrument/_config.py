@@ -22,6 +22,7 @@ DEFAULT_BASE_URL = "https://app.keito.ai"
 
 Rounding = Literal["nearest", "up", "down"]
 ExpenseMode = Literal["cost", "units"]
+Granularity = Literal["session", "hour", "day"]
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -55,6 +56,7 @@ class Settings:
     cost_multiplier: float = 1.0
     cost_decimals: int = 6
     expense_mode: ExpenseMode = "cost"
+    granularity: Granularity = "session"
     price_overrides: Mapping[str, Mapping[str, float]] = _EMPTY
     idle_timeout: float = 1800.0
     max_open_sessions: int = 10_000
@@ -128,6 +130,7 @@ _ENV: dict[str, str] = {
     "min_hours": "KEITO_MIN_HOURS",
     "cost_multiplier": "KEITO_COST_MULTIPLIER",
     "expense_mode": "KEITO_EXPENSE_MODE",
+    "granularity": "KEITO_GRANULARITY",
     "idle_timeout": "KEITO_IDLE_TIMEOUT",
     "capture_content": "KEITO_CAPTURE_CONTENT",
 }
@@ -241,6 +244,12 @@ def _validate(name: str, value: Any) -> Any:
         if value not in ("cost", "units"):
             raise ValueError(
                 f"keito-instrument setting 'expense_mode': expected cost or units, got {value!r}"
+            )
+        return value
+    if name == "granularity":
+        if value not in ("session", "hour", "day"):
+            raise ValueError(
+                f"keito-instrument setting 'granularity': expected session, hour or day, got {value!r}"
             )
         return value
     if name == "price_overrides":

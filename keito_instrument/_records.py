@@ -203,7 +203,7 @@ def build(
         )
     for outcome in snapshot.outcomes:
         records.append(_outcome(snapshot, settings, ids, common, user_meta, outcome, first_day))
-    billed = None if cost_usd is None else float(_billed(cost_usd, settings))
+    billed = None if cost_usd is None else float(billed_amount(cost_usd, settings))
     session_row = {
         "session_key": record_id(snapshot, "session", ""),
         "session_id": snapshot.session_id,
@@ -258,7 +258,8 @@ def _total_cost(priced: list[PricedUsage]) -> tuple[Decimal | None, bool]:
     return sum((p.cost.usd or Decimal(0) for p in priced), Decimal(0)), False
 
 
-def _billed(cost_usd: Decimal, settings: Settings) -> Decimal:
+def billed_amount(cost_usd: Decimal, settings: Settings) -> Decimal:
+    """The amount billed for a cost: times `cost_multiplier`, rounded to `cost_decimals`."""
     quantum = Decimal(1).scaleb(-settings.cost_decimals)
     return (cost_usd * Decimal(str(settings.cost_multiplier))).quantize(quantum, rounding=ROUND_HALF_UP)
 
@@ -336,7 +337,7 @@ def _expense(
         thousands = Decimal(totals["input_tokens"] + totals["output_tokens"]) / 1000
         payload["units"] = max(1, int(thousands.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
     else:
-        payload["total_cost"] = float(_billed(cost_usd, settings))
+        payload["total_cost"] = float(billed_amount(cost_usd, settings))
     payload.update(
         notes=md.truncate(token_notes(priced)),
         billable=bool(ids["billable"]),

@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS hours_carry (
     seconds REAL NOT NULL, hours REAL NOT NULL,
     PRIMARY KEY (agent_id, project_id, task_id, spent_date)
 );
+CREATE TABLE IF NOT EXISTS rollups (
+    key TEXT PRIMARY KEY, period_end REAL NOT NULL, state TEXT NOT NULL, billed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollups_due ON rollups (billed, period_end);
 """
 
 STATES = ("local", "pending", "sending", "delivered", "dead")
@@ -99,6 +103,8 @@ def insert_built(conn: sqlite3.Connection, built: Built, state: str) -> None:
         ],
     )
     row = built.session_row
+    if not row:  # a roll-up: records only (its sessions have their own report rows)
+        return
     conn.execute(
         f"INSERT OR IGNORE INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
         tuple(row.values()),
@@ -206,6 +212,13 @@ class Spool:
         self._read_own_writes()
         rows = self.connect().execute("SELECT key, session_id, state, last_activity FROM live ORDER BY last_activity")
         return [{**dict(r), "state": json.loads(r["state"])} for r in rows]
+
+    def recent_records(self, seconds: float) -> int:
+        """How many records were created in the last `seconds` (each is one request to Keito)."""
+        self._read_own_writes()
+        row = self.connect().execute("SELECT COUNT(*) FROM records WHERE created_at >= ?",
+                                     (time.time() - seconds,)).fetchone()
+        return int(row[0])
 
     def counts(self) -> dict[str, int]:
         """Records per state (every state present, zero included)."""

@@ -120,3 +120,44 @@ def test_demo_ignores_real_credentials_and_ledger(tmp_path: Path) -> None:
     records = Spool(demo_ledgers[0]).records()
     assert {r["state"] for r in records} == {"local"}  # nothing queued for sending with the real key
     assert {r["project_id"] for r in records} == {"demo-project"}
+
+
+def test_report_and_status_show_an_open_conversation_before_it_ends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_sessions()  # three ended sessions
+    run = keito.begin_run("chat-42", close="idle", agent_id="alpha", project_id="p1")
+    keito.record_llm_call("gpt-4o", "openai", input_tokens=700, output_tokens=70, session_id="chat-42")
+    keito.end_run(run)  # the turn is over; the conversation stays open until idle
+    assert keito.get_session("chat-42") is not None
+    assert main(["report", "--format", "json", "--by", "agent"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    alpha = {row["group"]: row for row in data["rows"]}["alpha"]
+    assert (alpha["sessions"], alpha["open"]) == (3, 1)
+    assert alpha["input_tokens"] == 6000 + 700 and alpha["llm_calls"] == 5
+    assert data["total"]["open"] == 1 and data["total"]["sessions"] == 4
+    assert main(["report", "--format", "json", "--by", "model"]) == 0
+    by_model = {row["group"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    assert (by_model["gpt-4o"]["sessions"], by_model["gpt-4o"]["open"]) == (4, 1)
+    assert by_model["gpt-4o"]["input_tokens"] == 1000 * 2 + 500 + 700
+    assert main(["status", "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["open_sessions"]["count"] == 1 and status["open_sessions"]["cost_usd"] > 0
+    assert status["counts"]["local"] == 6  # the open conversation has no records yet
+    assert main(["status"]) == 0
+    assert "open:        1 session(s) not yet billed" in capsys.readouterr().out
+    keito.end_session("chat-42")
+    assert keito.flush(5.0)
+    assert main(["report", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["open"] == 0
+
+
+def test_status_warns_when_a_day_of_sessions_exceeds_the_free_plan() -> None:
+    from keito_instrument.cli._status import plan_check
+
+    assert plan_check("session", 999)["warning"] is None
+    warning = plan_check("session", 1_200)["warning"]
+    assert warning is not None and "Free" in warning and "Pro" not in warning.split("limit")[0]
+    assert "granularity='day'" in warning
+    assert "Free and Pro" in (plan_check("day", 60_000)["warning"] or "")
+    assert "granularity='day'" not in (plan_check("day", 60_000)["warning"] or "")

@@ -22,6 +22,7 @@ from .._config import Settings
 from .._records import Built, build
 from .._spool import Spool, insert_built
 from .hours import HoursLedger
+from .rollup import Rollups
 from .state import LiveSession, row_key
 
 _log = logging.getLogger("keito_instrument")
@@ -149,12 +150,13 @@ def fold(
         if sweep:
             _load_due(conn, batch, now)
         hours = HoursLedger(conn, settings)
+        rollups = Rollups(conn, settings, hours)
         state = "pending" if settings.has_credentials else "local"
         for live in batch.rows.values():
             reason = _end_reason(live, settings, now, alive)
             if reason is not None:
                 conn.execute("DELETE FROM live WHERE key = ?", (live.key,))
-                one = _bill(live, reason, settings, hours)
+                one = _bill(live, reason, settings, hours, rollups)
                 if one is not None:
                     insert_built(conn, one, state)
                     built.append(one)
@@ -164,6 +166,10 @@ def fold(
                     " VALUES (?,?,?,?,?,?)",
                     (live.key, live.sid, live.dumps(), live.last, _due_at(live, settings, now), now),
                 )
+        rollups.save()
+        for one in rollups.close_due(now):
+            insert_built(conn, one, state)
+            built.append(one)
         for sid, opts in batch.named.items():
             conn.execute("INSERT OR REPLACE INTO named (session_id, options, updated_at) VALUES (?,?,?)",
                          (sid, json.dumps(opts, default=str), now))
@@ -218,9 +224,18 @@ def _due_at(live: LiveSession, settings: Settings, now: float) -> float:
     return due
 
 
-def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger) -> Built | None:
+def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger,
+          rollups: Rollups) -> Built | None:
     live.close_open_runs()
     if not (live.calls or live.had_runs or live.outcomes or live.tools or live.errors):
         return None  # opened and never used (e.g. lost a race to an equal session)
     snapshot = live.snapshot(reason, {})
-    return build(snapshot, settings, costs=live.priced(), carry=hours.carry)
+    costs = live.priced()
+    if settings.granularity == "session":
+        return build(snapshot, settings, costs=costs, carry=hours.carry)
+    # Rolled up: the session's time and cost go to its periods' rows; only its outcomes are
+    # sent now, and its report row shows its exact hours (the roll-up entry is rounded once).
+    rollups.add(snapshot, costs)
+    one = build(snapshot, settings, costs=costs)
+    row = {**one.session_row, "hours": round(snapshot.active_seconds / 3600, 6) if snapshot.had_runs else 0.0}
+    return Built([r for r in one.records if r.kind == "outcome"], row, one.usage_rows)

@@ -60,7 +60,11 @@ class LiveSession:
     @classmethod
     def loads(cls, text: str) -> LiveSession:
         """The inverse of `dumps`."""
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LiveSession:
+        """A session from its decoded JSON."""
         live = cls(data["key"], data["sid"], data["ident"], data["mode"])
         live.__dict__.update(data)
         return live
@@ -190,6 +194,44 @@ class LiveSession:
             basis = "unpriced" if unknown else (slot[10] or "no tokens")
             out[(model, provider or None)] = Cost(None if unknown else Decimal(slot[8]), basis)
         return out
+
+    def progress(self, settings: Settings) -> dict[str, Any]:
+        """What this open session has spent so far, in the shape of a ledger `sessions` row (for
+        `report` and `status`): runs still going count up to the last activity, hours are exact
+        (rounding happens once, when the session is billed)."""
+        from datetime import datetime
+
+        from .._records import billed_amount
+
+        opts = self.opts or {}
+        intervals = [list(i) for i in self.intervals]
+        merged = LiveSession(self.key, self.sid, self.ident, self.mode)
+        merged.intervals = intervals
+        for start in self.open_runs.values():
+            merged.add_interval(start, max(start, self.last))
+        active = sum(hi - lo for lo, hi in merged.intervals)
+        priced = self.priced().values()
+        unknown = any(c.usd is None for c in priced)
+        cost = None if unknown else float(sum((c.usd or Decimal(0) for c in priced), Decimal(0)))
+        started = merged.intervals[0][0] if merged.intervals else self.first
+        slots = list(self.usage.values())
+        return {
+            "session_key": self.key, "session_id": self.sid,
+            "agent_id": opts.get("agent_id") or settings.agent_id,
+            "project_id": opts.get("project_id") or settings.project_id,
+            "spent_date": datetime.fromtimestamp(started, settings.tzinfo()).date().isoformat(),
+            "started_at": started, "last_activity": self.last,
+            "active_seconds": round(active, 3), "hours": round(active / 3600, 4),
+            "llm_calls": self.calls, "tool_calls": self.tools, "errors": self.errors,
+            "input_tokens": sum(int(u[0]) for u in slots), "output_tokens": sum(int(u[1]) for u in slots),
+            "cost_usd": cost, "cost_unknown": unknown,
+            "billed_cost": None if cost is None else float(billed_amount(Decimal(str(cost)), settings)),
+            "usage": [
+                {"model": name.split(_SEP, 1)[0], "input_tokens": int(slot[0]), "output_tokens": int(slot[1]),
+                 "llm_calls": int(slot[5]), "cost_usd": None if slot[9] or slot[7] else float(Decimal(slot[8]))}
+                for name, slot in self.usage.items()
+            ],
+        }
 
     def snapshot(self, reason: str, fallback: Mapping[str, Any]) -> SessionSnapshot:
         """The input of record building, once this session has ended."""

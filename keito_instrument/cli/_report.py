@@ -16,7 +16,7 @@ from .._spool import get_spool
 from ._table import render_table
 
 GROUPS = ("day", "project", "agent", "model")
-_COLUMNS = ("sessions", "active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
+_COLUMNS = ("sessions", "open", "active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
             "output_tokens", "cost_usd", "billed_cost")
 
 
@@ -41,17 +41,35 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def summarise(by: str, since: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def open_sessions(since: float | None = None) -> list[dict[str, Any]]:
+    """The ledger's open sessions with their spend so far (`sessions`-row shape, plus `usage`)."""
+    from .._config import get_settings
+    from .._engine.state import LiveSession
+
+    settings = get_settings()
+    rows = [LiveSession.from_dict(r["state"]).progress(settings) for r in get_spool().live_sessions()]
+    return [r for r in rows if r["started_at"] >= (since or 0.0)]
+
+
+def summarise(by: str, since: float | None = None, include_open: bool = True
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Report rows for one grouping, sorted by group, and the totals row.
 
     A session that used two models appears in both model rows but is counted once in the total.
+    Open sessions (`include_open`) count with their spend so far, and `open` says how many of a
+    row's sessions are still open (their hours are exact, not yet rounded).
     """
     spool = get_spool()
     groups: dict[str, dict[str, Any]] = {}
+    live = open_sessions(since) if include_open else []
     if by == "model":
-        for usage in spool.usage(since):
+        usages = [*spool.usage(since),
+                  *({**u, "session_key": s["session_key"], "_open": True} for s in live for u in s["usage"])]
+        for usage in usages:
             row = groups.setdefault(usage["model"], _empty(usage["model"]))
             row["_sessions"].add(usage["session_key"])
+            if usage.get("_open"):
+                row["_open"].add(usage["session_key"])
             row["llm_calls"] += usage["llm_calls"]
             row["input_tokens"] += usage["input_tokens"]
             row["output_tokens"] += usage["output_tokens"]
@@ -60,10 +78,12 @@ def summarise(by: str, since: float | None = None) -> tuple[list[dict[str, Any]]
             row.update(active_seconds=None, hours=None, tool_calls=None, errors=None, billed_cost=None)
     else:
         key = {"day": "spent_date", "project": "project_id", "agent": "agent_id"}[by]
-        for session in spool.sessions(since):
+        for session in [*spool.sessions(since), *({**s, "_open": True} for s in live)]:
             name = session[key] or "(none)"
             row = groups.setdefault(name, _empty(name))
             row["_sessions"].add(session["session_key"])
+            if session.get("_open"):
+                row["_open"].add(session["session_key"])
             for column in ("active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
                            "output_tokens"):
                 row[column] += session[column]
@@ -71,19 +91,22 @@ def summarise(by: str, since: float | None = None) -> tuple[list[dict[str, Any]]
             row["billed_cost"] = _add(row["billed_cost"], session["billed_cost"], session["cost_unknown"])
     rows = []
     every: set[str] = set()
+    still_open: set[str] = set()
     for name in sorted(groups):
         row = groups[name]
         every |= row["_sessions"]
+        still_open |= row["_open"]
         row["sessions"] = len(row.pop("_sessions"))
+        row["open"] = len(row.pop("_open"))
         rows.append({"group": name, **{c: row[c] for c in _COLUMNS}})
     total = totals(rows)
-    total["sessions"] = len(every)
+    total["sessions"], total["open"] = len(every), len(still_open)
     return rows, total
 
 
 def _empty(name: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(_COLUMNS, 0)
-    row.update(_sessions=set(), cost_usd=0.0, billed_cost=0.0, cost_unknown=False)
+    row.update(_sessions=set(), _open=set(), cost_usd=0.0, billed_cost=0.0, cost_unknown=False)
     return row
 
 
@@ -134,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("No billable sessions in the ledger yet.", file=sys.stderr)
         return 0
-    header = [args.by, "sessions", "active", "hours", "LLM calls", "tools", "errors", "input tok", "output tok",
+    header = [args.by, "sessions", "open", "active", "hours", "LLM calls", "tools", "errors", "input tok", "output tok",
               "cost (USD)", "billed"]
     body = [_cells(r) for r in [*rows, total]]
     sys.stdout.write(render_table(header, body, footer_rows=1))
@@ -146,7 +169,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         return "-" if value is None else f"{value:,}"
 
     hours = "-" if row["hours"] is None else f"{row['hours']:.2f}"
-    return [str(row["group"]), num(row["sessions"]), _fmt_duration(row["active_seconds"]), hours,
+    return [str(row["group"]), num(row["sessions"]), num(row["open"]), _fmt_duration(row["active_seconds"]), hours,
             num(row["llm_calls"]), num(row["tool_calls"]), num(row["errors"]), num(row["input_tokens"]),
             num(row["output_tokens"]), _fmt_money(row["cost_usd"]),
             "-" if row["billed_cost"] is None and row["hours"] is None else _fmt_money(row["billed_cost"])]
