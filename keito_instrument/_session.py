@@ -42,6 +42,9 @@ class SessionOptions(NamedTuple):
     notes: str | None = None
     metadata: Mapping[str, Any] = _NO_METADATA
     idle_timeout: float | None = None
+    # A named session seen in one run only ends this long after it (None: idle_timeout applies
+    # from the first run); from its second run on it is a conversation (see the OTel adapter).
+    first_run_timeout: float | None = None
 
 
 class Outcome(NamedTuple):

@@ -71,6 +71,7 @@ class _Batch:
                 opts = self.conn.execute("SELECT options FROM named WHERE session_id = ?", (sid,)).fetchone()
                 if opts is not None:
                     live.opts = json.loads(opts[0])
+                    live.continued = True  # its id was seen in an earlier part: a conversation
         self.rows[key] = live
         return live
 

@@ -51,6 +51,8 @@ class LiveSession:
         self.first = self.last = 0.0
         self.owners: dict[str, float] = {}
         self.had_runs = False
+        self.turns = 0  # times a run began with none open: a named session with two is a conversation
+        self.continued = False  # a conversation billed in parts: this is a later part
 
     # -- serialisation ---------------------------------------------------------------------------
     def dumps(self) -> str:
@@ -87,6 +89,8 @@ class LiveSession:
             if self.opts is None:
                 self.opts = dict(fields[1])
         elif kind == "b":
+            if not self.open_runs:
+                self.turns += 1
             self.open_runs[f"{owner}:{ident}:{fields[0]}"] = float(fields[1])
             self.had_runs = True
         elif kind == "r":
@@ -175,9 +179,14 @@ class LiveSession:
         return min((t + END_GRACE for _e, _r, t in self.ends.values()), default=None)
 
     def idle_timeout(self, settings: Settings) -> float:
-        """This session's idle timeout."""
-        value = (self.opts or {}).get("idle_timeout")
-        return float(value) if value else settings.idle_timeout
+        """This session's idle timeout (`first_run_timeout` while it has seen one run only)."""
+        opts = self.opts or {}
+        value = opts.get("idle_timeout")
+        timeout = float(value) if value else settings.idle_timeout
+        first = opts.get("first_run_timeout")
+        if first is not None and self.turns <= 1 and not self.continued:
+            return min(timeout, float(first))
+        return timeout
 
     def close_open_runs(self) -> None:
         """Runs whose end never came (their process died) are billed up to the last activity."""

@@ -58,6 +58,9 @@ _SESSION_OPTIONS = frozenset(
     {"agent_id", "agent_type", "project_id", "task_id", "billable", "notes", "metadata", "expense_category_id"}
     | {"idle_timeout", "framework"}
 )
+# A conversation id seen in one trace only is billed this long after that trace (pydantic-ai gives
+# every run a fresh one); seen in a second trace, it is a conversation, ended by idle_timeout.
+FIRST_TRACE_TIMEOUT = 120.0
 _LATE = 0  # run key of a trace first seen at a GenAI span's end (the processor was added late)
 _MAX_SKIPPED = 10_000
 _MAX_CLOSED = 4_096
@@ -105,16 +108,25 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         max_traces: How many traces are tracked at once; the oldest is closed (billing what was
             seen) when more are open.
         max_trace_age: Seconds after which a trace whose root span never ended is closed.
+        first_trace_timeout: A session named by the trace (`session.id`, `gen_ai.conversation.id`)
+            that only one trace has used is billed this many seconds after its activity (default
+            120); once a second trace uses the id it is a conversation, billed after
+            `idle_timeout`. None: every named session waits for `idle_timeout`.
         **session_settings: Per-session settings for every session this processor opens:
             `agent_id`, `agent_type`, `project_id`, `task_id`, `billable`, `notes`, `metadata`,
             `expense_category_id`, `idle_timeout`.
     """
 
-    def __init__(self, *, max_traces: int = 10_000, max_trace_age: float = 3600.0, **session_settings: Any):
+    def __init__(self, *, max_traces: int = 10_000, max_trace_age: float = 3600.0,
+                 first_trace_timeout: float | None = FIRST_TRACE_TIMEOUT, **session_settings: Any):
         unknown = set(session_settings) - _SESSION_OPTIONS
         if unknown:
             raise TypeError(f"KeitoSpanProcessor got unknown session settings: {sorted(unknown)}")
+        if first_trace_timeout is not None and not first_trace_timeout > 0:
+            raise ValueError(f"KeitoSpanProcessor: first_trace_timeout must be > 0 seconds or None, "
+                             f"got {first_trace_timeout!r}")
         self._options: dict[str, Any] = {"framework": "otel", **session_settings}
+        self._named_options = {**self._options, "first_run_timeout": first_trace_timeout}
         self._max_traces = max(1, int(max_traces))
         self._max_age = float(max_trace_age)
         self._lock = threading.Lock()
@@ -292,7 +304,8 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                 return run
             # It ended before the trace's first GenAI span: the trace still bills under its id.
             session_id, close = trace.enclosing.session_id, "runs"
-        return _api.begin_run(session_id, close=close, join_current=False, started_at=started_at, **self._options)
+        options = self._named_options if close == "idle" else self._options
+        return _api.begin_run(session_id, close=close, join_current=False, started_at=started_at, **options)
 
     def _open_late(self, trace_id: int, values: Mapping[str, Any], span: ReadableSpan) -> _Trace | None:
         """A trace first seen at a GenAI span's end: its root started before this processor was added.

@@ -380,3 +380,60 @@ def test_roots_of_one_trace_started_on_many_threads_share_one_session(otel: Otel
     [row] = ledger.sessions()
     assert (row["session_id"], row["llm_calls"], row["input_tokens"]) == (f"{trace_id:032x}", 8, 80)
     assert otel.processor.open_traces == 0
+
+
+def pydantic_ai_run(otel: Otel, conversation_id: str, input_tokens: int, start: int, end: int) -> None:
+    """A run as pydantic-ai traces it: one root span carrying `gen_ai.conversation.id`."""
+    root = otel.tracer.start_span("agent run", attributes={"gen_ai.conversation.id": conversation_id},
+                                  start_time=start)
+    with trace.use_span(root):
+        chat(otel, input_tokens, 10)
+    root.end(end_time=end)
+
+
+def test_a_conversation_id_seen_in_one_trace_is_billed_soon_and_one_seen_again_waits(
+    otel: Otel, ledger: Spool, at: Timeline
+) -> None:
+    import keito_instrument.integrations.otel as adapter
+    from keito_instrument._engine import fold
+
+    pydantic_ai_run(otel, "run-a1", 50, at(0), at(2))  # a fresh id per run: one trace only
+    pydantic_ai_run(otel, "chat-b", 60, at(10), at(12))  # a real conversation: two traces
+    pydantic_ai_run(otel, "chat-b", 70, at(20), at(21))
+    assert keito.flush(5.0)
+    assert ledger.sessions() == []  # nothing is billed at once: a second trace could still come
+    soon = time.time() + adapter.FIRST_TRACE_TIMEOUT + 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fold, "clock", lambda: soon)
+        assert keito.flush(5.0)
+        [row] = ledger.sessions()
+        assert (row["session_id"], row["end_reason"], row["input_tokens"]) == ("run-a1", "idle_timeout", 50)
+        assert row["active_seconds"] == pytest.approx(2.0)
+    idle = time.time() + keito.configure().idle_timeout + 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fold, "clock", lambda: idle)
+        assert keito.flush(5.0)
+        conversation = [r for r in ledger.sessions() if r["session_id"] == "chat-b"]
+    assert [(r["input_tokens"], r["llm_calls"]) for r in conversation] == [(130, 2)]  # one entry, both turns
+
+
+def test_first_trace_timeout_none_keeps_every_named_session_until_idle(ledger: Spool, at: Timeline) -> None:
+    from _otel_fakes import make_otel
+
+    from keito_instrument._engine import fold
+    from keito_instrument.integrations.otel import FIRST_TRACE_TIMEOUT, KeitoSpanProcessor
+
+    with pytest.raises(ValueError, match="first_trace_timeout"):
+        KeitoSpanProcessor(first_trace_timeout=0)
+    otel = make_otel(first_trace_timeout=None)
+    try:
+        pydantic_ai_run(otel, "run-c1", 40, at(0), at(1))
+        soon = time.time() + FIRST_TRACE_TIMEOUT + 1
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fold, "clock", lambda: soon)
+            assert keito.flush(5.0)
+            assert ledger.sessions() == []  # waits for idle_timeout, as any named session
+        assert keito.end_session("run-c1") and keito.flush(5.0)
+        assert [r["input_tokens"] for r in ledger.sessions()] == [40]
+    finally:
+        otel.provider.shutdown()
