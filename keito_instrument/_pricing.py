@@ -106,6 +106,8 @@ def price(
 
     from genai_prices import Usage, calc_price
 
+    from . import _fastprice as _fast
+
     gp_usage = Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -121,10 +123,12 @@ def price(
     attempts.append(None)
     for provider_id in attempts:
         try:
-            result = calc_price(gp_usage, model, provider_id=provider_id, genai_request_timestamp=when)
+            total = _fast.total(usage, model, provider_id, when)
+            if total is None:
+                total = calc_price(gp_usage, model, provider_id=provider_id, genai_request_timestamp=when).total_price
         except LookupError:
             continue
-        return Cost(Decimal(result.total_price), pricing_version())
+        return Cost(Decimal(total), pricing_version())
     with _warned_lock:
         first = model not in _warned
         _warned.add(model)

@@ -29,6 +29,35 @@ _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 # which would triple the cost of `import keito_instrument`.
 
 
+MAX_INTERVALS = 256  # separate run intervals a session keeps (memory and ledger state stay bounded)
+
+
+def add_interval(iv: list[list[float]], start: float, end: float) -> None:
+    """Add a run's interval to a sorted, merged list, in place.
+
+    Most runs end after the previous one, so this is O(1) in the common case, and parallel runs
+    are never billed twice. Past `MAX_INTERVALS` separate intervals (a long session of many
+    back-to-back runs) the two closest are joined, billing the shortest gap between runs (in
+    practice microseconds) rather than letting the list grow without bound.
+    """
+    end = max(start, end)
+    i = len(iv)
+    while i > 0 and iv[i - 1][0] > start:
+        i -= 1
+    if i > 0 and iv[i - 1][1] >= start:
+        i -= 1
+        iv[i][1] = max(iv[i][1], end)
+    else:
+        iv.insert(i, [start, end])
+    while i + 1 < len(iv) and iv[i + 1][0] <= iv[i][1]:
+        iv[i][1] = max(iv[i][1], iv[i + 1][1])
+        del iv[i + 1]
+    if len(iv) > MAX_INTERVALS:
+        j = min(range(len(iv) - 1), key=lambda k: iv[k + 1][0] - iv[k][1])
+        iv[j][1] = max(iv[j][1], iv[j + 1][1])
+        del iv[j + 1]
+
+
 class SessionOptions(NamedTuple):
     """Per-session settings; None falls back to the global setting when records are built."""
 
@@ -203,21 +232,7 @@ class Session:
         return snapshot
 
     def _add_interval(self, start: float, end: float) -> None:
-        # Keep the list sorted and merged: most runs end after the previous one, so this is O(1)
-        # in the common case and parallel runs are never billed twice.
-        end = max(start, end)
-        iv = self._intervals
-        i = len(iv)
-        while i > 0 and iv[i - 1][0] > start:
-            i -= 1
-        if i > 0 and iv[i - 1][1] >= start:
-            i -= 1
-            iv[i][1] = max(iv[i][1], end)
-        else:
-            iv.insert(i, [start, end])
-        while i + 1 < len(iv) and iv[i + 1][0] <= iv[i][1]:
-            iv[i][1] = max(iv[i][1], iv[i + 1][1])
-            del iv[i + 1]
+        add_interval(self._intervals, start, end)
 
     @property
     def open_runs(self) -> int:

@@ -16,10 +16,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .._config import get_settings
 from .._guard import guard
 from .._journal import Journal, all_journals, journal_dir, owner_alive
+
+if TYPE_CHECKING:
+    from .fold import Segment
 
 _log = logging.getLogger("keito_instrument")
 
@@ -109,7 +113,8 @@ def _fold_journal(journal: Journal) -> int:
         memory.append((journal.owner, journal.memory.popleft()))
     segments = [Segment(name, os.path.join(journal.dir, name), journal.owner) for _seq, name in segs]
     try:
-        result = fold(get_spool(journal.ledger_path), settings, segments, memory, _alive_check(journal))
+        result = fold(get_spool(journal.ledger_path), settings, segments, memory, _alive_check(journal),
+                      others=lambda: _other_segments(journal))
     except BaseException:
         for item in reversed(memory):  # folded next time
             journal.memory.appendleft(item[1])
@@ -117,6 +122,14 @@ def _fold_journal(journal: Journal) -> int:
     _after_fold(result.built, settings.has_credentials)
     _compact_own(journal, segs, result.complete)
     return sum(len(b.records) for b in result.built)
+
+
+def _other_segments(journal: Journal) -> list[Segment]:
+    from .fold import Segment
+
+    found = _segments_of(journal.dir, None)
+    return [Segment(name, os.path.join(journal.dir, name), owner)
+            for owner, segs in found.items() if owner != journal.owner for _seq, name in segs]
 
 
 def _alive_check(journal: Journal) -> Callable[[str], bool]:

@@ -56,6 +56,7 @@ class _Batch:
         self.conn, self.settings = conn, settings
         self.rows: dict[str, LiveSession] = {}
         self.named: dict[str, dict[str, Any]] = {}
+        self.named_end = False  # a conversation was ended explicitly in this fold
 
     def get(self, sid: str, ident: str, mode: str) -> LiveSession:
         key = row_key(sid, ident, mode)
@@ -81,6 +82,8 @@ class _Batch:
         live.apply(event, owner, self.settings)
         if kind == "o" and mode == "i":
             self.named[sid] = dict(event[6])
+        elif kind == "e" and mode == "i":
+            self.named_end = True
 
 
 def _read_lines(path: str, offset: int) -> tuple[list[bytes], int]:
@@ -114,40 +117,31 @@ def fold(
     memory: list[tuple[str, bytes]] | None = None,
     alive: Callable[[str], bool] | None = None,
     sweep: bool = True,
+    others: Callable[[], Iterable[Segment]] | None = None,
 ) -> FoldResult:
     """Fold new journal lines (and lines kept in memory) into the ledger; end and bill what is due.
 
     `alive(owner)` tells whether the process behind an owner id still runs (a session whose
-    process is gone ends by its idle timeout from its last activity). Raises on a SQLite error,
-    in which case nothing was changed.
+    process is gone ends by its idle timeout from its last activity). `others()`: the segments
+    of the ledger's other processes, folded too when a conversation is ended explicitly (its
+    turns served by other workers a moment ago are billed with it, not left for a second part).
+    Raises on a SQLite error, in which case nothing was changed.
     """
     now = clock()
     built: list[Built] = []
     complete: dict[str, bool] = {}
-    events = 0
     with spool.transaction() as conn:
         batch = _Batch(conn, settings)
         offsets: dict[str, int] = {}
-        for seg in segments:
-            row = conn.execute("SELECT offset FROM journal_offsets WHERE segment = ?", (seg.name,)).fetchone()
-            start = int(row[0]) if row else 0
-            lines, new_offset = _read_lines(seg.path, start)
-            for line in lines:
-                event = _parse(line)
-                if event is not None:
-                    batch.apply(event, seg.owner)
-                    events += 1
-            if new_offset != start:
-                offsets[seg.name] = new_offset
-            try:
-                complete[seg.name] = new_offset >= os.path.getsize(seg.path)
-            except OSError:
-                complete[seg.name] = True
+        events = sum(_fold_segment(conn, batch, seg, offsets, complete) for seg in segments)
         for owner, line in memory or ():
             event = _parse(line)
             if event is not None:
                 batch.apply(event, owner)
                 events += 1
+        if batch.named_end and others is not None:
+            events += sum(_fold_segment(conn, batch, seg, offsets, complete)
+                          for seg in others() if seg.name not in complete)
         if sweep:
             _load_due(conn, batch, now)
         hours = HoursLedger(conn, settings)
@@ -180,6 +174,26 @@ def fold(
         )
         open_sessions = conn.execute("SELECT COUNT(*) FROM live").fetchone()[0]
     return FoldResult(built, events, complete, int(open_sessions))
+
+
+def _fold_segment(conn: sqlite3.Connection, batch: _Batch, seg: Segment, offsets: dict[str, int],
+                  complete: dict[str, bool]) -> int:
+    row = conn.execute("SELECT offset FROM journal_offsets WHERE segment = ?", (seg.name,)).fetchone()
+    start = int(row[0]) if row else 0
+    lines, new_offset = _read_lines(seg.path, start)
+    events = 0
+    for line in lines:
+        event = _parse(line)
+        if event is not None:
+            batch.apply(event, seg.owner)
+            events += 1
+    if new_offset != start:
+        offsets[seg.name] = new_offset
+    try:
+        complete[seg.name] = new_offset >= os.path.getsize(seg.path)
+    except OSError:
+        complete[seg.name] = True
+    return events
 
 
 def _load_due(conn: sqlite3.Connection, batch: _Batch, now: float) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._config import Settings
 from .._pricing import Cost, price
-from .._session import Outcome, SessionOptions, SessionSnapshot
+from .._session import Outcome, SessionOptions, SessionSnapshot, add_interval
 from .._usage import ModelUsage
 
 # How long the worker waits, after a session's end event, for lines that threads counted before
@@ -151,14 +151,8 @@ class LiveSession:
                 entry["llm_calls"] += 1
 
     def add_interval(self, start: float, end: float) -> None:
-        """Add a run's interval, keeping the list sorted and merged (parallel runs bill once)."""
-        merged: list[list[float]] = []
-        for lo, hi in sorted([*self.intervals, [start, max(start, end)]]):
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        self.intervals = merged
+        """Add a run's interval, keeping the list sorted, merged and bounded (parallel runs bill once)."""
+        add_interval(self.intervals, float(start), float(end))
 
     # -- closing ---------------------------------------------------------------------------------
     def end_ready(self, now: float) -> str | None:
@@ -189,9 +183,11 @@ class LiveSession:
         return timeout
 
     def close_open_runs(self) -> None:
-        """Runs whose end never came (their process died) are billed up to the last activity."""
-        for start in self.open_runs.values():
-            self.add_interval(start, max(start, self.last))
+        """Runs whose end never came (their process died) are billed up to that process's own
+        last activity (not the conversation's: other workers may have served it since)."""
+        for token, start in self.open_runs.items():
+            owner = token.split(":", 1)[0]
+            self.add_interval(start, max(start, self.owners.get(owner, self.last)))
         self.open_runs.clear()
 
     def priced(self) -> dict[tuple[str, str | None], Cost]:
