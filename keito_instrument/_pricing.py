@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from ._usage import ModelUsage
@@ -102,19 +102,8 @@ def price(
     override = (overrides or {}).get(model.lower())
     if override is not None:
         return Cost(_override_cost(usage, override), "custom")
-    from datetime import datetime
+    from . import _fastprice as _fast  # (cheap once loaded; genai-prices loads on first use)
 
-    from genai_prices import Usage, calc_price
-
-    from . import _fastprice as _fast
-
-    gp_usage = Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        output_reasoning_tokens=usage.reasoning_tokens,
-    )
     when = datetime.fromtimestamp(timestamp, tz=UTC) if timestamp else None
     provider = normalise_provider(usage.provider)
     attempts: list[str | None] = [provider] if provider else []
@@ -125,6 +114,15 @@ def price(
         try:
             total = _fast.total(usage, model, provider_id, when)
             if total is None:
+                from genai_prices import Usage, calc_price
+
+                gp_usage = Usage(  # (built only here: its validation costs more than the fast path)
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    output_reasoning_tokens=usage.reasoning_tokens,
+                )
                 total = calc_price(gp_usage, model, provider_id=provider_id, genai_request_timestamp=when).total_price
         except LookupError:
             continue

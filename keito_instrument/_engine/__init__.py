@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("keito_instrument")
 
 TICK = 1.0  # seconds between folds when nothing wakes the worker
+BATCH_DELAY = 0.05  # seconds a wake-up waits for more session ends before folding
 RECOVER_EVERY = 5.0  # seconds between looks for journals left by processes that are gone
 ROTATE_BYTES = 4 * 1024 * 1024
 _lock = threading.RLock()  # one fold at a time in this process
@@ -56,7 +57,10 @@ def _loop(stop: threading.Event) -> None:
     from .. import _journal
 
     while not stop.is_set():
-        _journal.WAKE.wait(TICK)
+        if _journal.WAKE.wait(TICK):
+            # Woken by a session end: let a burst of them gather first, so that they are folded
+            # in one transaction rather than one each (flush() and the CLI fold at once anyway).
+            stop.wait(BATCH_DELAY)
         _journal.WAKE.clear()
         if stop.is_set():
             return
