@@ -54,6 +54,8 @@ class Settings:
     rounding: Rounding = "nearest"
     min_hours: float = 0.0
     cost_multiplier: float = 1.0
+    currency: str = "USD"
+    exchange_rate: float | None = None
     cost_decimals: int = 6
     expense_mode: ExpenseMode = "cost"
     granularity: Granularity = "session"
@@ -129,6 +131,8 @@ _ENV: dict[str, str] = {
     "rounding": "KEITO_ROUNDING",
     "min_hours": "KEITO_MIN_HOURS",
     "cost_multiplier": "KEITO_COST_MULTIPLIER",
+    "currency": "KEITO_CURRENCY",
+    "exchange_rate": "KEITO_EXCHANGE_RATE",
     "expense_mode": "KEITO_EXPENSE_MODE",
     "granularity": "KEITO_GRANULARITY",
     "idle_timeout": "KEITO_IDLE_TIMEOUT",
@@ -252,6 +256,21 @@ def _validate(name: str, value: Any) -> Any:
                 f"keito-instrument setting 'granularity': expected session, hour or day, got {value!r}"
             )
         return value
+    if name == "currency":
+        code = str(value).strip().upper()
+        if len(code) != 3 or not code.isalpha():
+            raise ValueError(
+                f"keito-instrument setting 'currency': expected an ISO 4217 code like GBP, got {value!r}"
+            )
+        return code
+    if name == "exchange_rate":
+        rate = float(_to_number(name, value, float))
+        if not rate > 0 or math.isinf(rate):
+            raise ValueError(
+                f"keito-instrument setting 'exchange_rate': expected units of the currency per US dollar "
+                f"(> 0), got {value!r}"
+            )
+        return rate
     if name == "price_overrides":
         return _check_prices(value)
     if name == "metadata":
@@ -321,7 +340,12 @@ def get_settings() -> Settings:
     if current is None:
         with _lock:
             if _settings is None:
-                _install(Settings(**{**_from_env(os.environ), **_overrides}))
+                values = {**_from_env(os.environ), **_overrides}
+                if values.get("currency", "USD") != "USD" and values.get("exchange_rate") is None:
+                    # From the environment alone: never raise into the host, warn and stay in USD.
+                    _log.warning("ignoring KEITO_CURRENCY=%s: KEITO_EXCHANGE_RATE is not set (amounts stay "
+                                 "in USD)", values.pop("currency"))
+                _install(Settings(**values))
             current = _settings
     assert current is not None
     return current
@@ -371,9 +395,16 @@ def configure(**settings: Any) -> Settings:
     """
     checked = {name: _validate(name, value) for name, value in settings.items()}
     with _lock:
-        _overrides.update(checked)
         env = _from_env(os.environ)
-        _install(Settings(**{**env, **_overrides}))
+        merged = {**env, **_overrides, **checked}
+        if merged.get("currency", "USD") != "USD" and merged.get("exchange_rate") is None:
+            raise ValueError(
+                f"keito-instrument setting 'currency': {merged['currency']} needs exchange_rate "
+                f"(units of {merged['currency']} per US dollar), e.g. configure(currency="
+                f"{merged['currency']!r}, exchange_rate=0.79); costs are priced in USD"
+            )
+        _overrides.update(checked)
+        _install(Settings(**merged))
         assert _settings is not None
         result = _settings
     return result

@@ -259,9 +259,12 @@ def _total_cost(priced: list[PricedUsage]) -> tuple[Decimal | None, bool]:
 
 
 def billed_amount(cost_usd: Decimal, settings: Settings) -> Decimal:
-    """The amount billed for a cost: times `cost_multiplier`, rounded to `cost_decimals`."""
+    """The amount billed for a USD cost, in the workspace's currency: times `exchange_rate` (for a
+    currency other than USD) and the `cost_multiplier` markup, rounded to `cost_decimals`."""
     quantum = Decimal(1).scaleb(-settings.cost_decimals)
-    return (cost_usd * Decimal(str(settings.cost_multiplier))).quantize(quantum, rounding=ROUND_HALF_UP)
+    rate = Decimal(str(settings.exchange_rate)) if settings.currency != "USD" and settings.exchange_rate else 1
+    amount = cost_usd * rate * Decimal(str(settings.cost_multiplier))
+    return amount.quantize(quantum, rounding=ROUND_HALF_UP)
 
 
 def token_notes(priced: list[PricedUsage]) -> str:
@@ -313,6 +316,8 @@ def _expense(
         core["cost_usd_priced_part"] = float(sum(known, Decimal(0))) if known else None
     if settings.cost_multiplier != 1:
         core["cost_multiplier"] = settings.cost_multiplier
+    if settings.currency != "USD":
+        core.update(currency=settings.currency, exchange_rate=settings.exchange_rate)
     missing = sum(p.usage.usage_missing for p in priced)
     if missing:
         core["usage_missing"] = missing

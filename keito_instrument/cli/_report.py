@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from .._config import get_settings
 from .._spool import get_spool
 from ._table import render_table
 
@@ -43,7 +44,6 @@ def add_parser(subparsers: Any) -> None:
 
 def open_sessions(since: float | None = None) -> list[dict[str, Any]]:
     """The ledger's open sessions with their spend so far (`sessions`-row shape, plus `usage`)."""
-    from .._config import get_settings
     from .._engine.state import LiveSession
 
     settings = get_settings()
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         print("No billable sessions in the ledger yet.", file=sys.stderr)
         return 0
     header = [args.by, "sessions", "open", "active", "hours", "LLM calls", "tools", "errors", "input tok", "output tok",
-              "cost (USD)", "billed"]
+              "cost (USD)", f"billed ({get_settings().currency})"]
     body = [_cells(r) for r in [*rows, total]]
     sys.stdout.write(render_table(header, body, footer_rows=1))
     return 0
