@@ -199,13 +199,14 @@ class Root:
 class Call:
     """One open model call: its root and what was seen at its start (read only if needed at its end)."""
 
-    __slots__ = ("born", "metadata", "params", "root")
+    __slots__ = ("born", "metadata", "params", "root", "streamed")
 
     def __init__(self, root: Root, metadata: Mapping[str, Any] | None, params: object) -> None:
         self.root = root
         self.born = root.born
         self.metadata = metadata
         self.params = params
+        self.streamed = False  # output began: a failure after this still cost a request
 
 
 Entry = Root | Call

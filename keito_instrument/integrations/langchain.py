@@ -66,6 +66,7 @@ _G_START = guard("langchain run start")
 _G_END = guard("langchain run end")
 _G_LLM_END = guard("langchain on_llm_end")
 _G_ERROR = guard("langchain run error")
+_G_TOKEN = guard("langchain on_llm_new_token")
 
 _table = RunTable()
 _nodes = _table.nodes  # the same dict for the life of the process (cleared in place, never replaced)
@@ -337,13 +338,25 @@ class KeitoCallbackHandler(BaseCallbackHandler):
         except Exception as exc:
             _swallow(_G_END, exc)
 
+    @override
+    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+        """Note that the call's output began (one dict lookup per token)."""
+        try:
+            call = _nodes.get(run_id.int)
+            if type(call) is Call:
+                call.streamed = True
+        except Exception as exc:
+            _swallow(_G_TOKEN, exc)
+
     # -- errors ---------------------------------------------------------------------------------
     @override
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        """Count the error; bill the call only if the provider reported usage with the failure.
+        """Count the error; bill the call if the provider reported usage with the failure.
 
         A call stopped by its consumer (a stream closed early, a cancelled task) is no error: the
-        provider was called, so it is counted, with `usage_missing` unless usage came with it.
+        provider was called, so it is counted, with `usage_missing` unless usage came with it. So
+        is a stream cut after its output began (the connection dropped before the usage chunk):
+        the provider billed that request, so its cost is unknown, never zero.
         """
         try:
             call = _nodes.get(run_id.int)
@@ -354,7 +367,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 if type(call) is Call and call.root.owner is self:
                     if response is not None and has_usage(response.generations, response.llm_output):
                         self._record(call, response, run_id)
-                    elif stopped(error):
+                    elif stopped(error) or call.streamed:
                         self._record(call, LLMResult(generations=[]), run_id)
             finally:
                 self._finish(run_id, error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any
 
 import pytest
@@ -341,3 +342,23 @@ def test_text_completion_llm_and_retriever_roots(ledger: Spool) -> None:
     assert [(r["llm_calls"], r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0, 0), (1, 9, 2)]
     assert expense_meta(ledger, rows[1]["session_id"])["model"] == "gpt-3.5-turbo-instruct"
     assert len(keito_lc._table) == 0
+
+
+def test_a_stream_cut_after_its_output_began_is_counted_with_usage_missing(ledger: Spool) -> None:
+    class CutStream(UsageChatModel):
+        def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+            # Two words, then the connection drops before the usage chunk.
+            yield from itertools.islice(super()._stream(messages, stop, run_manager, **kw), 2)
+            raise ConnectionError("peer closed connection without sending complete message body")
+
+    llm = CutStream(replies=[reply("one two three", inp=40, out=3)])
+    with pytest.raises(ConnectionError):
+        for _ in llm.stream("c", config={"callbacks": [KeitoCallbackHandler()]}):
+            pass
+    before = UsageChatModel(replies=[reply("x", inp=40, out=3)], fail_with="refused before any output")
+    with pytest.raises(RuntimeError):
+        before.invoke("c", config={"callbacks": [KeitoCallbackHandler()]})
+    rows = sorted(ledger.sessions(), key=lambda r: r["llm_calls"])
+    # Refused before any output: an error, no call. Cut mid-stream: a call whose cost is unknown.
+    assert [(r["llm_calls"], r["errors"]) for r in rows] == [(0, 1), (1, 1)]
+    assert expense_meta(ledger, rows[1]["session_id"]).get("usage_missing") == 1
