@@ -52,11 +52,27 @@ def _dot(rates: tuple[Decimal, ...], u: ModelUsage) -> Decimal:
     return sum((rate * count for rate, count in zip(rates, counts, strict=True) if count), Decimal(0))
 
 
+_broken = False  # genai-prices' internals are not what this was written against: always ask it
+
+
 def total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime | None) -> Decimal | None:
     """The total price of one call as genai-prices computes it, or None: ask genai-prices.
 
     Raises LookupError when genai-prices does not know the model (as `calc_price` does).
     """
+    global _broken
+    if _broken:
+        return None
+    try:
+        return _total(usage, model, provider_id, when)
+    except LookupError:
+        raise
+    except (AttributeError, TypeError, ImportError):  # another genai-prices version: its public API only
+        _broken = True
+        return None
+
+
+def _total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime | None) -> Decimal | None:
     from genai_prices import Usage, data_snapshot
 
     snapshot = data_snapshot.get_snapshot()
