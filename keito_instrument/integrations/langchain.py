@@ -339,7 +339,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             _swallow(_G_END, exc)
 
     @override
-    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         """Note that the call's output began (one dict lookup per token)."""
         try:
             call = _nodes.get(run_id.int)
