@@ -215,19 +215,20 @@ def _after_fold(built: Sequence[object], credentials: bool) -> None:
         _export.notify()
 
 
-def settle(timeout: float) -> bool:
+def settle(timeout: float, recover: bool = False) -> bool:
     """Fold everything this process journalled, now (bounded by `timeout`); True if done.
 
     Sessions whose end was journalled are billed; a second pass picks up lines that threads
-    counted before the end but wrote just after it.
+    counted before the end but wrote just after it. `recover`: also fold the journals of
+    processes that are gone (a forked worker that ended its sessions and exited at once).
     """
     deadline = time.monotonic() + max(0.0, timeout)
     if not _lock.acquire(timeout=max(0.0, timeout)):
         return False
     try:
-        for _ in range(50):
+        for attempt in range(50):
             with guard("billing settle"):
-                cycle(recover=False)
+                cycle(recover=recover and attempt == 0)
             if not _pending_own_ends() or time.monotonic() >= deadline:
                 break
             time.sleep(0.01)
@@ -253,7 +254,7 @@ def _before_read(path: str) -> None:
     from .._journal import all_journals
 
     if any(j.ledger_path == path for j in all_journals()) and threading.current_thread() is not _thread:
-        settle(5.0)
+        settle(5.0, recover=True)  # a reader sees what every process that is gone left durable too
 
 
 def stop(timeout: float) -> None:
