@@ -94,8 +94,8 @@ def split_by_day(intervals: tuple[tuple[float, float], ...], tz: tzinfo | None) 
     return days
 
 
-def round_hours(seconds: float, increment: float, mode: str) -> float:
-    """Seconds to decimal hours on the configured increment (default: nearest 0.01 h)."""
+def rounded_total(seconds: float, increment: float, mode: str) -> Decimal:
+    """Seconds as decimal hours on the increment, uncapped (a running total may pass 24 h)."""
     steps = Decimal(str(seconds)) / Decimal(3600) / Decimal(str(increment))
     if mode == "up":
         whole = Decimal(math.ceil(steps))
@@ -103,7 +103,12 @@ def round_hours(seconds: float, increment: float, mode: str) -> float:
         whole = Decimal(math.floor(steps))
     else:
         whole = steps.quantize(Decimal(1), rounding=ROUND_HALF_UP)
-    return float(min(Decimal(24), whole * Decimal(str(increment))))
+    return whole * Decimal(str(increment))
+
+
+def round_hours(seconds: float, increment: float, mode: str) -> float:
+    """Seconds to decimal hours on the configured increment (default: nearest 0.01 h), <= 24."""
+    return float(min(Decimal(24), rounded_total(seconds, increment, mode)))
 
 
 def _opt(snapshot: SessionSnapshot, settings: Settings, name: str) -> Any:

@@ -8,26 +8,14 @@ stay in each record's metadata. `min_hours` still lifts a single entry.
 
 from __future__ import annotations
 
-import math
 import sqlite3
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from .._config import Settings
+from .._records import rounded_total
 
 MAX_ENTRY_HOURS = 24.0
-
-
-def rounded_total(seconds: float, increment: float, mode: str) -> Decimal:
-    """Seconds as hours on the increment (no cap: this is a running total)."""
-    steps = Decimal(str(seconds)) / Decimal(3600) / Decimal(str(increment))
-    if mode == "up":
-        whole = Decimal(math.ceil(steps))
-    elif mode == "down":
-        whole = Decimal(math.floor(steps))
-    else:
-        whole = steps.quantize(Decimal(1), rounding=ROUND_HALF_UP)
-    return whole * Decimal(str(increment))
 
 
 class HoursLedger:
