@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Mapping
 from typing import Any
+
+_log = logging.getLogger("keito_instrument")
 
 METADATA_LIMIT = 4096  # bytes of compact JSON, as the Keito API and CLI count them
 
@@ -72,3 +76,26 @@ def fmt_tokens(count: int) -> str:
 def truncate(text: str, limit: int = 1500) -> str:
     """Notes are kept short, as Keito's own hooks do."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def encodable(value: Any, where: str = "payload") -> Any:
+    """`value` made safe for strict JSON: a NaN or infinite number becomes null and a string that
+    is not valid Unicode (a lone surrogate) has the bad characters replaced, each with a warning
+    naming the field. So no record can wedge the batch it is sent in; the rest of it is kept."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        _log.warning("keito-instrument: %s is %r, not a number Keito accepts; sent as null", where, value)
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            _log.warning("keito-instrument: %s is not valid Unicode; the bad characters are replaced", where)
+            return value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): encodable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encodable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._metadata import encodable
 from ._records import Built
 
 SCHEMA = """
@@ -98,7 +99,8 @@ def insert_built(conn: sqlite3.Connection, built: Built, state: str) -> None:
         " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
         [
             (r.record_id, r.kind, r.session_id, r.spent_date, r.project_id, r.path,
-             json.dumps(r.payload, separators=(",", ":")), state, now, now)
+             json.dumps(encodable(r.payload, r.kind), separators=(",", ":"), allow_nan=False, default=str),
+             state, now, now)
             for r in built.records
         ],
     )
