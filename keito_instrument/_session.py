@@ -29,6 +29,18 @@ _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 # which would triple the cost of `import keito_instrument`.
 
 
+def add_breakdown(table: dict[str, dict[str, int]], key: str, usage: ModelUsage) -> None:
+    """Count one call's tokens under a breakdown key ('feature.search'), at most MAX_BREAKDOWN_KEYS keys."""
+    slot = table.get(key)
+    if slot is None:
+        if len(table) >= MAX_BREAKDOWN_KEYS:
+            return
+        slot = table[key] = {"input_tokens": 0, "output_tokens": 0, "llm_calls": 0}
+    slot["input_tokens"] += usage.input_tokens
+    slot["output_tokens"] += usage.output_tokens
+    slot["llm_calls"] += 1
+
+
 MAX_INTERVALS = 256  # separate run intervals a session keeps (memory and ledger state stay bounded)
 
 
@@ -293,14 +305,7 @@ class Session:
         return True
 
     def _add_breakdown(self, key: str, usage: ModelUsage) -> None:
-        slot = self._breakdown.get(key)
-        if slot is None:
-            if len(self._breakdown) >= MAX_BREAKDOWN_KEYS:
-                return
-            slot = self._breakdown[key] = {"input_tokens": 0, "output_tokens": 0, "llm_calls": 0}
-        slot["input_tokens"] += usage.input_tokens
-        slot["output_tokens"] += usage.output_tokens
-        slot["llm_calls"] += 1
+        add_breakdown(self._breakdown, key, usage)
 
     def record_llm_call(
         self,

@@ -156,14 +156,12 @@ class Rollups:
     def _bill(self, row: dict[str, Any]) -> Built:
         ids, label = row["ids"], row["period"]
         rollup_id = f"rollup-{row['granularity']}-{label}-{row['key'][:8]}"
-        usage = [ModelUsage(name.split(_SEP, 1)[0], name.split(_SEP, 1)[1] or None, *slot)
-                 for name, slot in row["usage"].items()]
-        costs = {
-            (u.model, u.provider): Cost(None if row["cost"][f"{u.model}{_SEP}{u.provider or ''}"][1]
-                                        else Decimal(row["cost"][f"{u.model}{_SEP}{u.provider or ''}"][0]),
-                                        row["cost"][f"{u.model}{_SEP}{u.provider or ''}"][2] or "no tokens")
-            for u in usage
-        }
+        usage, costs = [], {}
+        for name, slot in row["usage"].items():
+            model, provider = name.split(_SEP, 1)
+            usage.append(ModelUsage(model, provider or None, *slot))
+            usd, unknown, basis = row["cost"][name]
+            costs[(model, provider or None)] = Cost(None if unknown else Decimal(usd), basis or "no tokens")
         meta = {"rollup": row["granularity"], "period": label, "sessions": row["sessions"]}
         options = SessionOptions(**{n: ids.get(n) for n in _IDS}, framework=row["framework"], metadata=meta)
         snapshot = SessionSnapshot(

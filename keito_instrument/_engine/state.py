@@ -15,14 +15,13 @@ from typing import Any
 
 from .._config import Settings
 from .._pricing import Cost, price
-from .._session import Outcome, SessionOptions, SessionSnapshot, add_interval
+from .._session import Outcome, SessionOptions, SessionSnapshot, add_breakdown, add_interval
 from .._usage import ModelUsage
 
 # How long the worker waits, after a session's end event, for lines that threads counted before
 # the end but wrote just after it (microseconds in practice) before billing it anyway.
 END_GRACE = 5.0
 MAX_OUTCOMES = 10_000
-MAX_BREAKDOWN_KEYS = 200
 OPTION_FIELDS = SessionOptions._fields
 _SEP = "\x1f"
 
@@ -140,15 +139,7 @@ class LiveSession:
         self.calls += 1
         if breakdown:
             for dim, value in breakdown.items():
-                key = f"{dim}.{value}"
-                entry = self.breakdown.get(key)
-                if entry is None:
-                    if len(self.breakdown) >= MAX_BREAKDOWN_KEYS:
-                        continue
-                    entry = self.breakdown[key] = {"input_tokens": 0, "output_tokens": 0, "llm_calls": 0}
-                entry["input_tokens"] += usage.input_tokens
-                entry["output_tokens"] += usage.output_tokens
-                entry["llm_calls"] += 1
+                add_breakdown(self.breakdown, f"{dim}.{value}", usage)
 
     def add_interval(self, start: float, end: float) -> None:
         """Add a run's interval, keeping the list sorted, merged and bounded (parallel runs bill once)."""
@@ -182,12 +173,20 @@ class LiveSession:
             return min(timeout, float(first))
         return timeout
 
-    def close_open_runs(self) -> None:
-        """Runs whose end never came (their process died) are billed up to that process's own
-        last activity (not the conversation's: other workers may have served it since)."""
+    def _open_run_spans(self) -> list[tuple[float, float]]:
+        # A run whose end has not come counts up to its own process's last activity (not the
+        # conversation's: other workers may have served it since).
+        spans = []
         for token, start in self.open_runs.items():
-            owner = token.split(":", 1)[0]
-            self.add_interval(start, max(start, self.owners.get(owner, self.last)))
+            last = self.owners.get(token.split(":", 1)[0], self.last)
+            spans.append((start, max(start, last)))
+        return spans
+
+    def close_open_runs(self) -> None:
+        """Runs whose end never came (their process died) are billed up to that process's last
+        activity."""
+        for start, end in self._open_run_spans():
+            self.add_interval(start, end)
         self.open_runs.clear()
 
     def priced(self) -> dict[tuple[str, str | None], Cost]:
@@ -209,16 +208,14 @@ class LiveSession:
         from .._records import billed_amount
 
         opts = self.opts or {}
-        intervals = [list(i) for i in self.intervals]
-        merged = LiveSession(self.key, self.sid, self.ident, self.mode)
-        merged.intervals = intervals
-        for start in self.open_runs.values():
-            merged.add_interval(start, max(start, self.last))
-        active = sum(hi - lo for lo, hi in merged.intervals)
+        merged = [list(i) for i in self.intervals]
+        for start, end in self._open_run_spans():
+            add_interval(merged, start, end)
+        active = sum(hi - lo for lo, hi in merged)
         priced = self.priced().values()
         unknown = any(c.usd is None for c in priced)
         cost = None if unknown else float(sum((c.usd or Decimal(0) for c in priced), Decimal(0)))
-        started = merged.intervals[0][0] if merged.intervals else self.first
+        started = merged[0][0] if merged else self.first
         slots = list(self.usage.values())
         return {
             "session_key": self.key, "session_id": self.sid,
