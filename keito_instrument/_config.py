@@ -1,13 +1,19 @@
 """Settings: `configure(**settings)` over `KEITO_*` environment variables.
 
 Settings are an immutable snapshot swapped atomically, so hot paths read them without a lock.
-Invalid values given to `configure()` raise `ValueError` naming the setting; invalid environment
-values are warned about once and fall back to the default (the host must not break at import).
+Invalid values given to `configure()` raise `ValueError` naming the setting. An invalid environment
+value never raises into the host (it may be read at import or inside a hook): it is ignored, one
+WARNING naming the variable goes to the `keito_instrument` logger, and to stderr as well when
+logging is not configured (a last resort for this one case), and `setting_problems()` keeps it
+for `keito-instrument status` and `doctor`. An invalid `KEITO_BASE_URL` also holds delivery (the
+records stay in the local ledger): falling back to the default URL would send staging data to
+production.
 """
 
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -72,11 +78,19 @@ class Settings:
     max_concurrency: int = 8
     request_timeout: float = 10.0
     atexit_timeout: float = 5.0
+    # Not a setting: why delivery is held although credentials are set (an invalid KEITO_BASE_URL).
+    _held: str | None = None
 
     @property
     def has_credentials(self) -> bool:
-        """True when records can be sent to Keito (an API key and an account id are set)."""
-        return bool(self.api_key and self.account_id)
+        """True when records can be sent to Keito (an API key and an account id are set, and
+        delivery is not held by an invalid base URL from the environment)."""
+        return bool(self.api_key and self.account_id) and self._held is None
+
+    @property
+    def delivery_held(self) -> str | None:
+        """Why records stay local although credentials are set (an invalid KEITO_BASE_URL), or None."""
+        return self._held
 
     def tzinfo(self) -> "ZoneInfo | None":
         """The workspace time zone, or None for the machine's local time zone."""
@@ -87,7 +101,7 @@ class Settings:
         return ZoneInfo(self.timezone)
 
     def __init__(self, **values: Any) -> None:
-        unknown = set(values) - _DEFAULTS.keys()
+        unknown = set(values) - _DEFAULTS.keys() - {"_held"}
         if unknown:
             raise TypeError(f"Settings got unknown settings: {sorted(unknown)}")
         self.__dict__.update(values)
@@ -105,7 +119,8 @@ class Settings:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Settings):
             return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in _DEFAULTS)
+        same = all(getattr(self, name) == getattr(other, name) for name in _DEFAULTS)
+        return same and self._held == other._held
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -139,7 +154,9 @@ _ENV: dict[str, str] = {
     "capture_content": "KEITO_CAPTURE_CONTENT",
 }
 ENV_VARS: Mapping[str, str] = _ENV
-_DEFAULTS: Mapping[str, Any] = {name: getattr(Settings, name) for name in Settings.__annotations__}
+_DEFAULTS: Mapping[str, Any] = {
+    name: getattr(Settings, name) for name in Settings.__annotations__ if not name.startswith("_")
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -188,7 +205,12 @@ def _check_base_url(value: str) -> str:
         )
     if parts.query or parts.fragment:
         raise ValueError(f"keito-instrument setting 'base_url': {value!r} must not carry a query or fragment")
-    return value.rstrip("/")
+    url = value.rstrip("/")
+    # The official SDK's form names the API root (https://app.keito.ai/api/v2); our client adds
+    # /api/v2 to every path itself, so keep the host part.
+    if url.lower().endswith("/api/v2"):
+        url = url[: -len("/api/v2")]
+    return url
 
 
 def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
@@ -196,7 +218,8 @@ def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
         raise ValueError(
             "keito-instrument setting 'price_overrides': expected {model: {input: .., output: ..}}"
         )
-    allowed = {"input", "output", "cache_read", "cache_write"}
+    allowed = {"input", "output", "cache_read", "cache_write", "cache_write_1h", "input_audio", "input_image",
+               "output_audio", "web_search"}
     out: dict[str, dict[str, float]] = {}
     for model, prices in value.items():
         if not isinstance(prices, Mapping) or not {"input", "output"} <= set(prices):
@@ -308,8 +331,10 @@ def _validate(name: str, value: Any) -> Any:
     return text or None
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The valid settings of the environment, and the invalid ones as {variable: why}."""
     values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
     for name, var in _ENV.items():
         raw = environ.get(var)
         if raw is None or raw == "":
@@ -317,14 +342,66 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         try:
             values[name] = _validate(name, raw)
         except ValueError as exc:
-            # Never raise into the host from an environment variable: warn and keep the default.
-            _log.warning("ignoring %s: %s", var, exc)
-    if "KEITO_API_URL" in environ and "base_url" not in values:  # the Keito CLI's spelling
-        try:
+            problems[var] = str(exc)
+    if "KEITO_API_URL" in environ and "base_url" not in values and "KEITO_BASE_URL" not in problems:
+        try:  # the Keito CLI's spelling
             values["base_url"] = _check_base_url(environ["KEITO_API_URL"])
         except ValueError as exc:
-            _log.warning("ignoring KEITO_API_URL: %s", exc)
+            problems["KEITO_API_URL"] = str(exc)
+    return values, problems
+
+
+def _merge(env: dict[str, Any], problems: dict[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Environment values overlaid by `configure()` arguments; what an invalid variable implies."""
+    values = {**env, **overrides}
+    if values.get("currency", "USD") != "USD" and values.get("exchange_rate") is None:
+        # Only reachable from the environment (configure() refuses it): warn and stay in USD.
+        problems["KEITO_CURRENCY"] = (
+            f"keito-instrument setting 'currency': {values.pop('currency')} needs an exchange rate and "
+            "KEITO_EXCHANGE_RATE is not set (units of the currency per US dollar); amounts stay in USD"
+        )
+    bad_url = [var for var in ("KEITO_BASE_URL", "KEITO_API_URL") if var in problems]
+    if bad_url and "base_url" not in overrides:
+        values["_held"] = f"{bad_url[0]} is invalid"
     return values
+
+
+def _report_problems(problems: Mapping[str, str]) -> None:
+    """One WARNING per invalid variable and value, on stderr too when logging is not configured."""
+    global _problems
+    _problems = dict(problems)
+    for var, why in problems.items():
+        if (var, why) in _warned_env:
+            continue
+        _warned_env.add((var, why))
+        text = f"ignoring {var}: {why}"
+        if var in ("KEITO_BASE_URL", "KEITO_API_URL"):
+            text += "; records stay in the local ledger until it is fixed (nothing is sent)"
+        _log.warning("%s", text)
+        if _log.isEnabledFor(logging.WARNING) and not _has_handler(_log):
+            try:  # the package logger only has a NullHandler: nobody would see it otherwise
+                sys.stderr.write(f"keito-instrument: WARNING: {text}\n")
+                sys.stderr.flush()
+            except (OSError, ValueError, AttributeError):  # no usable stderr
+                pass
+
+
+def _has_handler(logger: logging.Logger) -> bool:
+    """True when a record of `logger` reaches a handler other than a NullHandler."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def setting_problems() -> dict[str, str]:
+    """The invalid `KEITO_*` environment variables of the settings in force, as {variable: why}."""
+    get_settings()
+    return dict(_problems)
 
 
 _lock = threading.Lock()
@@ -332,6 +409,8 @@ _settings: Settings | None = None
 _overrides: dict[str, Any] = {}
 _listeners: list[Any] = []
 _warned_missing: set[str] = set()
+_warned_env: set[tuple[str, str]] = set()
+_problems: dict[str, str] = {}
 
 
 def get_settings() -> Settings:
@@ -340,11 +419,9 @@ def get_settings() -> Settings:
     if current is None:
         with _lock:
             if _settings is None:
-                values = {**_from_env(os.environ), **_overrides}
-                if values.get("currency", "USD") != "USD" and values.get("exchange_rate") is None:
-                    # From the environment alone: never raise into the host, warn and stay in USD.
-                    _log.warning("ignoring KEITO_CURRENCY=%s: KEITO_EXCHANGE_RATE is not set (amounts stay "
-                                 "in USD)", values.pop("currency"))
+                env, problems = _from_env(os.environ)
+                values = _merge(env, problems, _overrides)
+                _report_problems(problems)
                 _install(Settings(**values))
             current = _settings
     assert current is not None
@@ -395,7 +472,7 @@ def configure(**settings: Any) -> Settings:
     """
     checked = {name: _validate(name, value) for name, value in settings.items()}
     with _lock:
-        env = _from_env(os.environ)
+        env, problems = _from_env(os.environ)
         merged = {**env, **_overrides, **checked}
         if merged.get("currency", "USD") != "USD" and merged.get("exchange_rate") is None:
             raise ValueError(
@@ -404,6 +481,8 @@ def configure(**settings: Any) -> Settings:
                 f"{merged['currency']!r}, exchange_rate=0.79); costs are priced in USD"
             )
         _overrides.update(checked)
+        merged = _merge(env, problems, _overrides)
+        _report_problems(problems)
         _install(Settings(**merged))
         assert _settings is not None
         result = _settings
@@ -416,4 +495,6 @@ def reset_settings() -> None:
     with _lock:
         _overrides.clear()
         _warned_missing.clear()
+        _warned_env.clear()
+        _problems.clear()
         _settings = None

@@ -3,13 +3,16 @@
 The agent is a support bot handling a few tickets: each ticket is one `@track_agent` session
 with LLM calls (deterministic fake usage, nothing leaves the machine), a tool call and an
 outcome. It writes to its own demo ledger (or `--ledger`), never to the real one, and never uses
-the configured credentials. With `--server` the records are delivered to a Keito-compatible
-test server on 127.0.0.1, to show delivery end to end without a Keito account.
+the configured credentials; it ends by printing the `report` command that reads that ledger (and
+`report` on a missing default ledger points at the demo's). With `--server` the records are
+delivered to a Keito-compatible test server on 127.0.0.1, to show delivery end to end without a
+Keito account.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -101,12 +104,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     path = _use_demo_ledger(args)
     if args.server:
-        return _run_with_server(args)
+        code = _run_with_server(args)
+        _print_next_step(path)
+        return code
     print(f"demo agent: handling {args.tickets} tickets (offline, into the demo ledger {path})", file=sys.stderr)
     run_agent(args.tickets, args.step_seconds)
     keito.flush(timeout=5.0)
     print(file=sys.stderr)
-    return _report()
+    code = _report()
+    _print_next_step(path)
+    return code
+
+
+def _print_next_step(path: Path) -> None:
+    print(f"\nThe demo wrote to its own ledger, {path} (never your real one). Report on it with:\n"
+          f"  keito-instrument report --ledger {shlex.quote(str(path))} --by agent", file=sys.stderr)
 
 
 def _report() -> int:

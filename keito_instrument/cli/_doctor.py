@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from typing import Any
 
 import httpx
 
-from .._config import ENV_VARS, Settings, get_settings
+from .._config import ENV_VARS, Settings, get_settings, setting_problems
 from .._export.client import error_reason, headers
 from .._spool import get_spool
 
@@ -18,7 +19,8 @@ Check = tuple[str, str, str]  # (ok | warn | FAIL, what, detail)
 def add_parser(subparsers: Any) -> None:
     """Register `doctor`."""
     parser = subparsers.add_parser("doctor", help="check the configuration and the Keito credentials")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for Keito")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for Keito, in all (connecting and reading the answer)")
     parser.set_defaults(func=run)
 
 
@@ -29,7 +31,24 @@ def _setting(settings: Settings, name: str, level: str, why: str) -> Check:
 
 
 def check_user(settings: Settings, timeout: float, transport: httpx.BaseTransport | None = None) -> Check:
-    """`GET /api/v2/users/me`: the key works and is not read-only (`company` present)."""
+    """`GET /api/v2/users/me` within `timeout` seconds in all: the key works and is not read-only.
+
+    httpx's timeout bounds each read, not the whole answer (a server sending a byte every half
+    second never trips it), so the request runs on a daemon thread that doctor stops waiting for
+    at the deadline.
+    """
+    found: list[Check] = []
+    worker = threading.Thread(target=lambda: found.append(_get_user(settings, timeout, transport)),
+                              name="keito-doctor-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if found:
+        return found[0]
+    return ("FAIL", "credentials", f"no complete answer from {settings.base_url} within {timeout:g} s "
+            "(--timeout): Keito, a proxy or the network is too slow")
+
+
+def _get_user(settings: Settings, timeout: float, transport: httpx.BaseTransport | None) -> Check:
     what = "credentials"
     try:
         with httpx.Client(
@@ -47,6 +66,9 @@ def check_user(settings: Settings, timeout: float, transport: httpx.BaseTranspor
         )
     if response.status_code in (400, 403):
         return ("FAIL", what, f"{error_reason(response)} (check KEITO_ACCOUNT_ID: the company id)")
+    if response.status_code == 404:
+        return ("FAIL", what, f"{settings.base_url}/api/v2/users/me answered 404: is KEITO_BASE_URL right? "
+                "It is the host only, such as https://app.keito.ai")
     if response.status_code != 200:
         return ("FAIL", what, f"unexpected answer from Keito: {error_reason(response)}")
     try:
@@ -87,7 +109,14 @@ def checks(settings: Settings, timeout: float) -> list[Check]:
         result.append(("FAIL", "ledger", f"cannot open the ledger: {exc}"))
     result.append(_setting(settings, "api_key", "FAIL", "records stay in the local ledger"))
     result.append(_setting(settings, "account_id", "FAIL", "the Keito-Account-Id header, your company id"))
-    result.append(("ok", "base_url", settings.base_url))
+    problems = setting_problems()
+    for var, why in problems.items():
+        result.append(("FAIL", var, f"{why}: ignored until you fix or unset it"))
+    if settings.delivery_held:
+        result.append(("FAIL", "base_url", f"none in use ({settings.delivery_held}): records stay in the local "
+                       "ledger, nothing is sent"))
+    else:
+        result.append(("ok", "base_url", settings.base_url))
     for name in ("project_id", "task_id", "expense_category_id"):
         result.append(_setting(settings, name, "warn", "records without it are kept until it is set"))
     if settings.disabled:
@@ -99,6 +128,9 @@ def checks(settings: Settings, timeout: float) -> list[Check]:
 
 def run(args: argparse.Namespace) -> int:
     """Print the checks; exit 0 when none failed."""
+    if not args.timeout > 0:
+        print("keito-instrument doctor: error: --timeout must be > 0", file=sys.stderr)
+        return 2
     found = checks(get_settings(), args.timeout)
     width = max(len(what) for _, what, _ in found)
     for level, what, detail in found:

@@ -18,7 +18,9 @@ from ._table import render_table
 
 GROUPS = ("day", "project", "agent", "model")
 _COLUMNS = ("sessions", "open", "active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
-            "output_tokens", "cost_usd", "billed_cost")
+            "output_tokens", "cost_usd", "billed_cost", "unpriced_calls")
+# cost_usd is the cost of the priced calls; unpriced_calls counts the calls of a model with no
+# known price (their session's expense is sent in units of thousands of tokens instead).
 
 
 def since_arg(text: str) -> float:
@@ -57,38 +59,14 @@ def summarise(by: str, since: float | None = None, include_open: bool = True
 
     A session that used two models appears in both model rows but is counted once in the total.
     Open sessions (`include_open`) count with their spend so far, and `open` says how many of a
-    row's sessions are still open (their hours are exact, not yet rounded).
+    row's sessions are still open (their hours are exact, not yet rounded). `cost_usd` sums the
+    priced calls and `unpriced_calls` counts the others, so one unpriced model never hides the rest.
     """
     spool = get_spool()
-    groups: dict[str, dict[str, Any]] = {}
     live = open_sessions(since) if include_open else []
-    if by == "model":
-        usages = [*spool.usage(since),
-                  *({**u, "session_key": s["session_key"], "_open": True} for s in live for u in s["usage"])]
-        for usage in usages:
-            row = groups.setdefault(usage["model"], _empty(usage["model"]))
-            row["_sessions"].add(usage["session_key"])
-            if usage.get("_open"):
-                row["_open"].add(usage["session_key"])
-            row["llm_calls"] += usage["llm_calls"]
-            row["input_tokens"] += usage["input_tokens"]
-            row["output_tokens"] += usage["output_tokens"]
-            row["cost_usd"] = _add(row["cost_usd"], usage["cost_usd"])
-        for row in groups.values():
-            row.update(active_seconds=None, hours=None, tool_calls=None, errors=None, billed_cost=None)
-    else:
-        key = {"day": "spent_date", "project": "project_id", "agent": "agent_id"}[by]
-        for session in [*spool.sessions(since), *({**s, "_open": True} for s in live)]:
-            name = session[key] or "(none)"
-            row = groups.setdefault(name, _empty(name))
-            row["_sessions"].add(session["session_key"])
-            if session.get("_open"):
-                row["_open"].add(session["session_key"])
-            for column in ("active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
-                           "output_tokens"):
-                row[column] += session[column]
-            row["cost_usd"] = _add(row["cost_usd"], session["cost_usd"], session["cost_unknown"])
-            row["billed_cost"] = _add(row["billed_cost"], session["billed_cost"], session["cost_unknown"])
+    usages = [*spool.usage(since),
+              *({**u, "session_key": s["session_key"], "_open": True} for s in live for u in s["usage"])]
+    groups = _by_model(usages) if by == "model" else _by_session(by, spool.sessions(since), live, usages)
     rows = []
     every: set[str] = set()
     still_open: set[str] = set()
@@ -104,17 +82,59 @@ def summarise(by: str, since: float | None = None, include_open: bool = True
     return rows, total
 
 
-def _empty(name: str) -> dict[str, Any]:
+def _by_model(usages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for usage in usages:
+        row = groups.setdefault(usage["model"], _empty())
+        row["_sessions"].add(usage["session_key"])
+        if usage.get("_open"):
+            row["_open"].add(usage["session_key"])
+        for column in ("llm_calls", "input_tokens", "output_tokens"):
+            row[column] += usage[column]
+        if usage["cost_usd"] is None:
+            row["unpriced_calls"] += usage["llm_calls"]
+        else:
+            row["cost_usd"] = round(row["cost_usd"] + usage["cost_usd"], 8)
+    for row in groups.values():
+        row.update(active_seconds=None, hours=None, tool_calls=None, errors=None, billed_cost=None)
+    return groups
+
+
+def _by_session(by: str, ended: list[dict[str, Any]], live: list[dict[str, Any]], usages: list[dict[str, Any]]
+                ) -> dict[str, dict[str, Any]]:
+    # A session with an unpriced model has no total cost: take its priced part from its usage rows.
+    priced_part: dict[str, list[float]] = {}
+    for usage in usages:
+        part = priced_part.setdefault(usage["session_key"], [0.0, 0])
+        if usage["cost_usd"] is None:
+            part[1] += usage["llm_calls"]
+        else:
+            part[0] += usage["cost_usd"]
+    key = {"day": "spent_date", "project": "project_id", "agent": "agent_id"}[by]
+    groups: dict[str, dict[str, Any]] = {}
+    for session in [*ended, *({**s, "_open": True} for s in live)]:
+        name = session[key] or "(none)"
+        row = groups.setdefault(name, _empty())
+        row["_sessions"].add(session["session_key"])
+        if session.get("_open"):
+            row["_open"].add(session["session_key"])
+        for column in ("active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
+                       "output_tokens"):
+            row[column] += session[column]
+        if session["cost_unknown"] or session["cost_usd"] is None:
+            cost, unpriced = priced_part.get(session["session_key"], [0.0, 0])
+            row["unpriced_calls"] += max(int(unpriced), 1)
+        else:
+            cost = session["cost_usd"]
+            row["billed_cost"] = round(row["billed_cost"] + (session["billed_cost"] or 0.0), 8)
+        row["cost_usd"] = round(row["cost_usd"] + cost, 8)
+    return groups
+
+
+def _empty() -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(_COLUMNS, 0)
-    row.update(_sessions=set(), _open=set(), cost_usd=0.0, billed_cost=0.0, cost_unknown=False)
+    row.update(_sessions=set(), _open=set(), cost_usd=0.0, billed_cost=0.0)
     return row
-
-
-def _add(total: Any, value: Any, unknown: Any = 0) -> Any:
-    # An unpriced session makes the sum unknown rather than silently smaller.
-    if total is None or value is None or unknown:
-        return None
-    return round(total + value, 8)
 
 
 def totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -127,6 +147,23 @@ def totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def money(value: float | None, symbol: str = "$") -> str:
+    """An amount to the cent, with the sub-cent digits when there are any: $12.50, $0.000027."""
+    if value is None:
+        return "-"
+    text = f"{abs(value):,.8f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"{'-' if value < 0 else ''}{symbol}{whole}.{cents.ljust(2, '0')}"
+
+
+def plain_number(value: Any) -> Any:
+    """A float written without an exponent (2.7e-05 becomes 0.000027), for CSV."""
+    if isinstance(value, float):
+        text = f"{value:.8f}".rstrip("0").rstrip(".")
+        return "0" if text in ("", "-0") else text
+    return value
+
+
 def _fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -136,8 +173,10 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def _fmt_money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.4f}"
+def _fmt_cost(value: float | None, unpriced: int | None) -> str:
+    if not unpriced:
+        return money(value)
+    return f"{money(value)} + {unpriced:,} call{'s' if unpriced != 1 else ''} unpriced"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["group", *_COLUMNS], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: plain_number(v) for k, v in row.items()} for row in rows)
         sys.stdout.write(buffer.getvalue())
         return 0
     if not rows:
@@ -171,5 +210,5 @@ def _cells(row: dict[str, Any]) -> list[str]:
     hours = "-" if row["hours"] is None else f"{row['hours']:.2f}"
     return [str(row["group"]), num(row["sessions"]), num(row["open"]), _fmt_duration(row["active_seconds"]), hours,
             num(row["llm_calls"]), num(row["tool_calls"]), num(row["errors"]), num(row["input_tokens"]),
-            num(row["output_tokens"]), _fmt_money(row["cost_usd"]),
-            "-" if row["billed_cost"] is None and row["hours"] is None else _fmt_money(row["billed_cost"])]
+            num(row["output_tokens"]), _fmt_cost(row["cost_usd"], row["unpriced_calls"]),
+            "-" if row["billed_cost"] is None else money(row["billed_cost"], "")]

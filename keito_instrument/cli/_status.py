@@ -8,9 +8,9 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from .._config import get_settings
+from .._config import Settings, get_settings, setting_problems
 from .._spool import get_spool
-from ._report import open_sessions
+from ._report import money, open_sessions
 from ._table import render_table
 
 _MEANING = {
@@ -40,20 +40,24 @@ def run(args: argparse.Namespace) -> int:
     counts = spool.counts()
     errors = [dict(row) for row in spool.last_errors(args.errors)] if args.errors else []
     live = open_sessions()
-    spend = _sum_cost(live)
+    spend, unpriced = _sum_cost(live)
     volume = plan_check(settings.granularity, spool.recent_records(86_400.0))
+    problems = setting_problems()
     if args.format == "json":
-        json.dump({"ledger": str(spool.path), "credentials": settings.has_credentials, "base_url": settings.base_url,
-                   "counts": counts, "open_sessions": {"count": len(live), "cost_usd": spend},
+        json.dump({"ledger": str(spool.path), "credentials": settings.has_credentials,
+                   "base_url": None if settings.delivery_held else settings.base_url,
+                   "delivery_held": settings.delivery_held, "setting_errors": problems,
+                   "counts": counts,
+                   "open_sessions": {"count": len(live), "cost_usd": spend, "unpriced_calls": unpriced},
                    "plan_limits": volume,
                    "errors": errors}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(f"ledger:      {spool.path}")
-    print(f"credentials: {'configured' if settings.has_credentials else 'not configured (records stay local)'}")
-    print(f"keito:       {settings.base_url}")
-    money = "unknown (an unpriced model)" if spend is None else f"${spend:,.4f}"
-    print(f"open:        {len(live):,} session(s) not yet billed, {money} spent so far")
+    for line in _settings_lines(settings, problems):
+        print(line)
+    more = f" + {unpriced:,} call(s) unpriced" if unpriced else ""
+    print(f"open:        {len(live):,} session(s) not yet billed, {money(spend)}{more} spent so far")
     if volume["warning"]:
         print(f"warning:     {volume['warning']}")
     print()
@@ -69,10 +73,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sum_cost(rows: list[dict[str, Any]]) -> float | None:
-    if any(r["cost_usd"] is None for r in rows):
-        return None
-    return round(float(sum(r["cost_usd"] for r in rows)), 8)
+def _settings_lines(settings: Settings, problems: dict[str, str]) -> list[str]:
+    """The credentials and Keito lines; an invalid variable is named, never replaced by its default."""
+    held = settings.delivery_held
+    if held:
+        credentials = f"held: {held}, nothing is sent (records stay local until it is fixed)"
+        keito = f"none in use: {held}"
+    else:
+        credentials = "configured" if settings.has_credentials else "not configured (records stay local)"
+        keito = settings.base_url
+    lines = [f"credentials: {credentials}", f"keito:       {keito}"]
+    for var, why in problems.items():
+        lines.append(f"invalid:     {var}: {why} (ignored until you fix or unset it)")
+    if problems:
+        lines.append("             `keito-instrument doctor` runs every check")
+    return lines
+
+
+def _sum_cost(rows: list[dict[str, Any]]) -> tuple[float, int]:
+    """The priced spend of open sessions and how many of their calls are unpriced."""
+    cost, unpriced = 0.0, 0
+    for row in rows:
+        for usage in row["usage"]:
+            if usage["cost_usd"] is None:
+                unpriced += usage["llm_calls"]
+            else:
+                cost += usage["cost_usd"]
+    return round(cost, 8), unpriced
 
 
 # Keito's documented API limits per account (requests a day); one record is one request.

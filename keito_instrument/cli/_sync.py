@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("keito-instrument sync: error: --timeout must be > 0", file=err)
         return 2
+    if settings.delivery_held:
+        print(f"keito-instrument sync: {settings.delivery_held}: fix or unset it, then sync again "
+              "(see `keito-instrument doctor`; the records stay in the local ledger)", file=err)
+        return 2
     if not settings.has_credentials:
         missing = [
             var
