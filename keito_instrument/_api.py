@@ -355,6 +355,12 @@ def record_llm_call(
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
+    cache_write_5m_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    input_image_tokens: int = 0,
+    output_audio_tokens: int = 0,
+    web_searches: int = 0,
     cached: bool = False,
     usage_missing: bool = False,
     call_id: str | None = None,
@@ -363,7 +369,10 @@ def record_llm_call(
     """Count one LLM call.
 
     Token convention: `input_tokens` is the whole prompt, cache reads and writes included;
-    `output_tokens` includes `reasoning_tokens`. The call goes to `session_id` (kept open until
+    `output_tokens` includes `reasoning_tokens`. Cache writes may be split by lifetime:
+    `cache_write_1h_tokens` (and `cache_write_5m_tokens`) are parts of `cache_write_tokens`,
+    which may be left 0 when both parts are given; audio and image tokens are parts of input or
+    output; `web_searches` counts the provider's web searches. The call goes to `session_id` (kept open until
     `idle_timeout`), else the current session; outside any session it is billed on its own as an
     expense with no time entry. A repeated `call_id` in the same session is counted once.
     """
@@ -378,6 +387,12 @@ def record_llm_call(
         cache_read_tokens=cache_read_tokens,
         cache_write_tokens=cache_write_tokens,
         reasoning_tokens=reasoning_tokens,
+        cache_write_5m_tokens=cache_write_5m_tokens,
+        cache_write_1h_tokens=cache_write_1h_tokens,
+        input_audio_tokens=input_audio_tokens,
+        input_image_tokens=input_image_tokens,
+        output_audio_tokens=output_audio_tokens,
+        web_searches=web_searches,
         cached=cached,
         usage_missing=usage_missing,
         call_id=call_id,

@@ -61,7 +61,7 @@ def total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime
     Raises LookupError when genai-prices does not know the model (as `calc_price` does).
     """
     global _broken
-    if _broken:
+    if _broken or usage.details:  # (rarer kinds such as 1-hour cache writes: genai-prices prices them)
         return None
     try:
         return _total(usage, model, provider_id, when)
@@ -74,6 +74,8 @@ def total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime
 
 def _total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime | None) -> Decimal | None:
     from genai_prices import Usage, data_snapshot
+
+    from ._pricing import genai_counts
 
     snapshot = data_snapshot.get_snapshot()
     if snapshot.from_auto_update:
@@ -93,9 +95,7 @@ def _total(usage: ModelUsage, model: str, provider_id: str | None, when: datetim
     fast = _dot(rates, usage)
     if not entry[2]:
         exact = Decimal(info.calc_price(
-            Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                  cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
-                  output_reasoning_tokens=usage.reasoning_tokens),
+            Usage(**genai_counts(usage)),
             provider, genai_request_timestamp=when, auto_update_timestamp=None, price_context=None,
         ).total_price)
         with _lock:

@@ -65,18 +65,41 @@ def pricing_version() -> str:
 
 
 def _override_cost(usage: ModelUsage, prices: Mapping[str, float]) -> Decimal:
-    price_in = Decimal(str(prices["input"]))
-    price_out = Decimal(str(prices["output"]))
-    price_read = Decimal(str(prices.get("cache_read", prices["input"])))
-    price_write = Decimal(str(prices.get("cache_write", prices["input"])))
-    uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
+    def rate(key: str, default: str = "input") -> Decimal:
+        return Decimal(str(prices.get(key, prices[default])))
+
+    details = usage.details or {}
+    one_hour = details.get("cache_write_1h_tokens", 0)
+    audio_in, image_in = details.get("input_audio_tokens", 0), details.get("input_image_tokens", 0)
+    audio_out = details.get("output_audio_tokens", 0)
+    uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens - audio_in - image_in)
     total = (
-        uncached * price_in
-        + usage.cache_read_tokens * price_read
-        + usage.cache_write_tokens * price_write
-        + usage.output_tokens * price_out
+        uncached * rate("input")
+        + usage.cache_read_tokens * rate("cache_read")
+        + (usage.cache_write_tokens - one_hour) * rate("cache_write")
+        + one_hour * rate("cache_write_1h", "cache_write" if "cache_write" in prices else "input")
+        + audio_in * rate("input_audio")
+        + image_in * rate("input_image")
+        + (usage.output_tokens - audio_out) * rate("output")
+        + audio_out * rate("output_audio", "output")
     )
-    return total / _MILLION
+    # `web_search` is USD per search; token prices are USD per million tokens.
+    searches = details.get("web_searches", 0) * Decimal(str(prices.get("web_search", 0))) * _MILLION
+    return (total + searches) / _MILLION
+
+
+def genai_counts(usage: ModelUsage) -> dict[str, int]:
+    """The usage in genai-prices' names (our detail kinds already use them)."""
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_reasoning_tokens": usage.reasoning_tokens,
+    }
+    if usage.details:
+        counts.update(usage.details)
+    return counts
 
 
 def normalise_provider(provider: str | None) -> str | None:
@@ -96,7 +119,7 @@ def price(
     if usage.usage_missing:
         # Some calls reported no usage: whatever we compute would be too low, so it is unknown.
         return Cost(None, "usage missing")
-    if usage.input_tokens == 0 and usage.output_tokens == 0:
+    if usage.input_tokens == 0 and usage.output_tokens == 0 and not usage.details:
         return Cost(Decimal(0), "no tokens")
     model = usage.model
     override = (overrides or {}).get(model.lower())
@@ -116,13 +139,8 @@ def price(
             if total is None:
                 from genai_prices import Usage, calc_price
 
-                gp_usage = Usage(  # (built only here: its validation costs more than the fast path)
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cache_read_tokens=usage.cache_read_tokens,
-                    cache_write_tokens=usage.cache_write_tokens,
-                    output_reasoning_tokens=usage.reasoning_tokens,
-                )
+                # (built only here: its validation costs more than the fast path)
+                gp_usage = Usage(**genai_counts(usage))
                 total = calc_price(gp_usage, model, provider_id=provider_id, genai_request_timestamp=when).total_price
         except LookupError:
             continue

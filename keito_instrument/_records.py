@@ -7,6 +7,7 @@ idempotency keys.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from . import _metadata as md
 from ._config import Settings
 from ._pricing import Cost, price, pricing_version
 from ._session import SessionSnapshot
-from ._usage import ModelUsage
+from ._usage import ModelUsage, add_details
 
 TIME_ENTRIES = "/api/v2/time_entries"
 EXPENSES = "/api/v2/expenses"
@@ -244,6 +245,7 @@ def build(
             "reasoning_tokens": p.usage.reasoning_tokens,
             "llm_calls": p.usage.calls,
             "cost_usd": None if p.cost.usd is None else float(p.cost.usd),
+            "details": json.dumps(p.usage.details, separators=(",", ":")) if p.usage.details else None,
         }
         for p in priced
     ]
@@ -270,6 +272,17 @@ def billed_amount(cost_usd: Decimal, settings: Settings) -> Decimal:
     rate = Decimal(str(settings.exchange_rate)) if settings.currency != "USD" and settings.exchange_rate else 1
     amount = cost_usd * rate * Decimal(str(settings.cost_multiplier))
     return amount.quantize(quantum, rounding=ROUND_HALF_UP)
+
+
+def _detail_totals(priced: list[PricedUsage], cache_writes: int) -> dict[str, int]:
+    """The rarer usage kinds of an expense; cache writes split by lifetime when one was 1-hour."""
+    out: dict[str, int] = {}
+    for p in priced:
+        if p.usage.details:
+            out = add_details(out, p.usage.details)
+    if out.get("cache_write_1h_tokens"):
+        out["cache_write_5m_tokens"] = cache_writes - out["cache_write_1h_tokens"]
+    return dict(sorted(out.items()))
 
 
 def token_notes(priced: list[PricedUsage]) -> str:
@@ -308,6 +321,7 @@ def _expense(
         "model": priced[0].usage.model,
         "provider": priced[0].usage.provider,
         **totals,
+        **_detail_totals(priced, totals["cache_write_tokens"]),
         "cost_usd": None if cost_usd is None else float(cost_usd.quantize(Decimal("0.00000001"))),
         "pricing": pricing_version() if not unknown else "unpriced",
         "llm_calls": snapshot.llm_calls,

@@ -300,7 +300,7 @@ class Session:
         self._log(
             "c", usage.model, usage.provider, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
             usage.cache_write_tokens, usage.reasoning_tokens, usage.cached_calls, usage.usage_missing,
-            dict(breakdown) if breakdown else None,
+            dict(breakdown) if breakdown else None, usage.details,
         )
         return True
 
@@ -317,6 +317,12 @@ class Session:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
+        cache_write_5m_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        input_audio_tokens: int = 0,
+        input_image_tokens: int = 0,
+        output_audio_tokens: int = 0,
+        web_searches: int = 0,
         cached: bool = False,
         usage_missing: bool = False,
         call_id: str | None = None,
@@ -327,6 +333,14 @@ class Session:
         Returns True if it was counted (False for a repeated `call_id` or an ended session).
         """
         with guard("record_llm_call"):
+            details = None
+            if cache_write_5m_tokens or cache_write_1h_tokens or input_audio_tokens or input_image_tokens \
+                    or output_audio_tokens or web_searches:
+                details = {
+                    "cache_write_5m_tokens": cache_write_5m_tokens, "cache_write_1h_tokens": cache_write_1h_tokens,
+                    "input_audio_tokens": input_audio_tokens, "input_image_tokens": input_image_tokens,
+                    "output_audio_tokens": output_audio_tokens, "web_searches": web_searches,
+                }
             usage = normalised_call(
                 model,
                 provider,
@@ -337,6 +351,7 @@ class Session:
                 reasoning_tokens=reasoning_tokens,
                 cached=cached,
                 usage_missing=usage_missing,
+                details=details,
             )
             return self.add_usage(usage, call_id, breakdown)
         return False

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL, llm_calls INTEGER NOT NULL, cost_usd REAL,
+    details TEXT,
     PRIMARY KEY (session_key, model, provider)
 );
 CREATE TABLE IF NOT EXISTS live (
@@ -119,6 +120,17 @@ def insert_built(conn: sqlite3.Connection, built: Built, state: str) -> None:
         )
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a ledger written by an older version up to this schema (columns added since)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    if "details" not in columns:
+        try:
+            conn.execute("ALTER TABLE usage ADD COLUMN details TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+
+
 def default_path() -> Path:
     """The ledger under the user data directory (KEITO_LEDGER overrides it)."""
     from platformdirs import user_data_dir
@@ -155,6 +167,7 @@ class Spool:
                 if self._ready_pid != pid:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(SCHEMA)
+                    _migrate(conn)
                     self._ready_pid = pid
         self._local.conn, self._local.pid = conn, pid
         return conn

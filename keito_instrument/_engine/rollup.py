@@ -26,7 +26,7 @@ from .._config import Settings
 from .._pricing import Cost
 from .._records import Built, Record, build, record_id
 from .._session import SessionOptions, SessionSnapshot
-from .._usage import ModelUsage
+from .._usage import ModelUsage, add_details
 from .hours import HoursLedger
 
 MAX_ENTRY_SECONDS = 24 * 3600  # Keito's cap on one time entry
@@ -124,6 +124,9 @@ class Rollups:
             slot = row["usage"].setdefault(name, [0] * 8)
             for index, field in enumerate(_USAGE_FIELDS):
                 slot[index] += int(getattr(usage, field))
+            if usage.details:
+                kinds = row.setdefault("details", {})
+                kinds[name] = add_details(kinds.get(name), usage.details)
             cost = costs.get((usage.model, usage.provider))
             money = row["cost"].setdefault(name, ["0", False, None])
             if cost is None or cost.usd is None:
@@ -159,7 +162,9 @@ class Rollups:
         usage, costs = [], {}
         for name, slot in row["usage"].items():
             model, provider = name.split(_SEP, 1)
-            usage.append(ModelUsage(model, provider or None, *slot))
+            i, o, cr, cw, rs, calls, cached, missing = (int(v) for v in slot)
+            usage.append(ModelUsage(model, provider or None, i, o, cr, cw, rs, calls, cached, missing,
+                                    row.get("details", {}).get(name)))
             usd, unknown, basis = row["cost"][name]
             costs[(model, provider or None)] = Cost(None if unknown else Decimal(usd), basis or "no tokens")
         meta = {"rollup": row["granularity"], "period": label, "sessions": row["sessions"]}

@@ -16,7 +16,7 @@ from typing import Any
 from .._config import Settings
 from .._pricing import Cost, price
 from .._session import Outcome, SessionOptions, SessionSnapshot, add_breakdown, add_interval
-from .._usage import ModelUsage
+from .._usage import ModelUsage, add_details
 
 # How long the worker waits, after a session's end event, for lines that threads counted before
 # the end but wrote just after it (microseconds in practice) before billing it anyway.
@@ -120,17 +120,23 @@ class LiveSession:
 
     def _add_call(self, fields: list[Any], t: float, settings: Settings) -> None:
         model, provider, i, o, cr, cw, rs, cached, missing, breakdown = fields[:10]
-        usage = ModelUsage(model, provider, int(i), int(o), int(cr), int(cw), int(rs), 1, int(cached), int(missing))
+        details = fields[10] if len(fields) > 10 and isinstance(fields[10], dict) else None
+        usage = ModelUsage(model, provider, int(i), int(o), int(cr), int(cw), int(rs), 1, int(cached), int(missing),
+                           details)
         # Per request: a tiered price (prompts over 200k tokens) applies to this call alone, at
         # the price in force at its own time.
         cost = price(usage, settings.price_overrides, t)
         slot = self.usage.get(f"{model}{_SEP}{provider or ''}")
         if slot is None:
-            slot = self.usage[f"{model}{_SEP}{provider or ''}"] = [0, 0, 0, 0, 0, 0, 0, 0, "0", 0, None]
+            slot = self.usage[f"{model}{_SEP}{provider or ''}"] = [0, 0, 0, 0, 0, 0, 0, 0, "0", 0, None, None]
         for index, value in enumerate((usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
                                        usage.cache_write_tokens, usage.reasoning_tokens, 1, usage.cached_calls,
                                        usage.usage_missing)):
             slot[index] += value
+        if details:
+            if len(slot) < 12:  # (a state saved before usage details were kept)
+                slot.append(None)
+            slot[11] = add_details(slot[11], details)
         if cost.usd is None:
             slot[9] += 1
         else:
@@ -243,7 +249,9 @@ class LiveSession:
         usage = []
         for name, slot in self.usage.items():
             model, provider = name.split(_SEP, 1)
-            usage.append(ModelUsage(model, provider or None, *slot[:8]))
+            i, o, cr, cw, rs, calls, cached, missing = (int(v) for v in slot[:8])
+            usage.append(ModelUsage(model, provider or None, i, o, cr, cw, rs, calls, cached, missing,
+                                    slot[11] if len(slot) > 11 else None))
         outcomes = tuple(
             Outcome(**{k: v for k, v in o.items() if k in Outcome._fields and k != "seq"},
                     seq=index + 1)

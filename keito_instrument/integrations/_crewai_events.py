@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._usage import raw_details
 from ..adapters import Run, begin_run, end_run, get_session, guard
 
 _log = logging.getLogger("keito_instrument")
@@ -95,6 +96,7 @@ class Tokens:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    details: Mapping[str, int] | None = None  # 1-hour cache writes, audio, web searches
 
 
 def _int(usage: Mapping[str, Any], *names: str) -> int | None:
@@ -160,6 +162,7 @@ def tokens_from_usage(usage: Mapping[str, Any] | None) -> Tokens | None:
         cache_read_tokens=cache_read or 0,
         cache_write_tokens=cache_write or 0,
         reasoning_tokens=reasoning or 0,
+        details=raw_details(usage) or None,
     )
 
 
@@ -403,6 +406,7 @@ class KickoffAssembler:
             usage_missing=tokens is None,
             call_id=event.item_id,
             breakdown=breakdown or None,
+            **((tokens.details or {}) if tokens else {}),
         )
 
     # -- closing ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from types import CodeType
 from typing import Any
 
 from keito_instrument import Run, Session, get_settings
+from keito_instrument._usage import raw_details
 
 _log = logging.getLogger("keito_instrument")
 
@@ -42,6 +43,7 @@ class CallUsage:
     reasoning_tokens: int = 0
     cached: bool = False
     missing: bool = False
+    details: dict[str, int] | None = None  # `record_llm_call` keywords: 1-hour cache writes, audio, searches
 
 
 def _int(value: object) -> int:
@@ -64,16 +66,34 @@ def from_usage_metadata(usage: Mapping[str, Any]) -> CallUsage:
     """
     get = usage.get
     result = CallUsage(_int(get("input_tokens")), _int(get("output_tokens")))
+    extra: dict[str, int] = {}
     details = get("input_token_details")
     if details and isinstance(details, Mapping):
         result.cache_read_tokens = _int(details.get("cache_read"))
         result.cache_write_tokens = _int(details.get("cache_creation"))
+        # langchain-anthropic splits writes by cache lifetime and then zeroes `cache_creation`;
+        # `record_llm_call` takes the total from the two parts.
+        extra["cache_write_5m_tokens"] = _int(details.get("ephemeral_5m_input_tokens"))
+        extra["cache_write_1h_tokens"] = _int(details.get("ephemeral_1h_input_tokens"))
+        extra["input_audio_tokens"] = _int(details.get("audio"))
     details = get("output_token_details")
     if details and isinstance(details, Mapping):
         result.reasoning_tokens = _int(details.get("reasoning"))
+        extra["output_audio_tokens"] = _int(details.get("audio"))
+    result.details = {k: v for k, v in extra.items() if v} or None
     if "total_cost" in usage and get("total_cost") == 0:
         result.cached = True
     return result
+
+
+def add_raw_details(usage: CallUsage, *blocks: object) -> None:
+    """Kinds only the provider's raw usage block carries (web searches, say): the first block
+    that has any adds those `usage` lacks."""
+    for block in blocks:
+        found = raw_details(block)
+        if found:
+            usage.details = {**found, **(usage.details or {})}
+            return
 
 
 def from_llm_output(llm_output: Mapping[str, Any] | None) -> CallUsage | None:
@@ -93,6 +113,7 @@ def from_llm_output(llm_output: Mapping[str, Any] | None) -> CallUsage | None:
             output_tokens=_int(block.get("completion_tokens")),
             cache_read_tokens=_int(_get(block.get("prompt_tokens_details"), "cached_tokens")),
             reasoning_tokens=_int(_get(block.get("completion_tokens_details"), "reasoning_tokens")),
+            details=raw_details(block) or None,
         )
     if "input_tokens" in block or "output_tokens" in block:
         cache_read = _int(block.get("cache_read_input_tokens"))
@@ -105,6 +126,7 @@ def from_llm_output(llm_output: Mapping[str, Any] | None) -> CallUsage | None:
             output_tokens=_int(block.get("output_tokens")),
             cache_read_tokens=cache_read,
             cache_write_tokens=cache_write,
+            details=raw_details(block) or None,
         )
     return None
 

@@ -64,6 +64,26 @@ REASONING_KEYS = (
     "llm.token_count.completion_details.reasoning",
     "gen_ai.usage.details.reasoning_tokens",
 )
+# The rarer kinds, under our (genai-prices') names: no convention names them all yet, so the
+# spellings of OpenInference, Anthropic's raw fields and `gen_ai.usage.details.*` are read.
+KIND_KEYS: Mapping[str, tuple[str, ...]] = {
+    "cache_write_1h_tokens": (
+        "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+        "gen_ai.usage.details.cache_write_1h_tokens",
+        "gen_ai.usage.details.ephemeral_1h_input_tokens",
+        "llm.token_count.prompt_details.cache_write_1h",
+    ),
+    "cache_write_5m_tokens": (
+        "gen_ai.usage.cache_creation.ephemeral_5m_input_tokens",
+        "gen_ai.usage.details.cache_write_5m_tokens",
+        "gen_ai.usage.details.ephemeral_5m_input_tokens",
+        "llm.token_count.prompt_details.cache_write_5m",
+    ),
+    "input_audio_tokens": ("llm.token_count.prompt_details.audio", "gen_ai.usage.details.input_audio_tokens"),
+    "input_image_tokens": ("llm.token_count.prompt_details.image", "gen_ai.usage.details.input_image_tokens"),
+    "output_audio_tokens": ("llm.token_count.completion_details.audio", "gen_ai.usage.details.output_audio_tokens"),
+    "web_searches": ("gen_ai.usage.details.web_searches", "gen_ai.usage.details.web_search_requests"),
+}
 MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name", "llm.response.model")
 PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
 SESSION_KEYS = (
@@ -77,7 +97,8 @@ SESSION_KEYS = (
 # Baggage entries (W3C baggage travels with the request across services) naming a session.
 BAGGAGE_SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "keito.session_id")
 _SESSION_KEY_SET = frozenset(SESSION_KEYS)
-_DETAIL_KEYS = frozenset(CACHE_READ_KEYS + CACHE_WRITE_KEYS + REASONING_KEYS)
+_DETAIL_KEYS = frozenset(CACHE_READ_KEYS + CACHE_WRITE_KEYS + REASONING_KEYS
+                         + tuple(key for keys in KIND_KEYS.values() for key in keys))
 _ASSOCIATION_SESSION_KEYS = ("session_id", "thread_id", "conversation_id")  # traceloop context values
 _GENAI_PREFIXES = ("gen_ai.", "llm.", "openinference.", "traceloop.")
 
@@ -130,6 +151,7 @@ class CallUsage:
     cache_write_tokens: int
     reasoning_tokens: int
     usage_missing: bool
+    details: Mapping[str, int] | None = None  # 1-hour cache writes, audio, web searches
 
 
 def _text(value: Any) -> str | None:
@@ -255,10 +277,12 @@ def _usage_fields(attributes: Mapping[str, Any]) -> dict[str, Any]:
         if total is not None:
             input_tokens, missing = total, False
     cache_read = cache_write = reasoning = None
+    details: dict[str, int] | None = None
     if not _DETAIL_KEYS.isdisjoint(attributes):  # most calls report no cache or reasoning counts
         cache_read = first_int(attributes, CACHE_READ_KEYS)
         cache_write = first_int(attributes, CACHE_WRITE_KEYS)
         reasoning = first_int(attributes, REASONING_KEYS)
+        details = {kind: n for kind, keys in KIND_KEYS.items() if (n := first_int(attributes, keys) or 0) > 0}
     return {
         "model": first_text(attributes, MODEL_KEYS) or "unknown",
         "provider": provider_id(first_text(attributes, PROVIDER_KEYS)),
@@ -268,6 +292,7 @@ def _usage_fields(attributes: Mapping[str, Any]) -> dict[str, Any]:
         "cache_write_tokens": max(0, cache_write or 0),
         "reasoning_tokens": max(0, reasoning or 0),
         "usage_missing": missing,
+        "details": details or None,
     }
 
 
@@ -296,4 +321,5 @@ def call_kwargs(attributes: Mapping[str, Any], span_id: int) -> dict[str, Any]:
     """The arguments of `record_llm_call` for a model-call span (its span id is the call id)."""
     fields = _usage_fields(attributes)
     fields["call_id"] = f"{span_id:016x}"
+    fields.update(fields.pop("details") or ())
     return fields

@@ -31,6 +31,7 @@ from ._langchain_usage import (
     CallUsage,
     Root,
     RunTable,
+    add_raw_details,
     from_llm_output,
     from_usage_metadata,
     has_usage,
@@ -283,6 +284,8 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             usage_metadata = getattr(message, "usage_metadata", None)
             if usage_metadata:
                 usage = from_usage_metadata(usage_metadata)
+                if isinstance(response_meta, dict):  # (a provider's raw usage: web searches, say)
+                    add_raw_details(usage, response_meta.get("usage"), response_meta.get("token_usage"))
                 if not usage.cached and not (_marked[0] if _marked else _cache_marked()) and replayed(
                     message.id, str(run_id)
                 ):
@@ -305,6 +308,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             cached=usage.cached,
             usage_missing=usage.missing,
             breakdown={"node": graph_node} if graph_node else None,
+            **(usage.details or _EMPTY),
         )
 
     @override
