@@ -489,6 +489,23 @@ def configure(**settings: Any) -> Settings:
     return result
 
 
+def saved_overrides() -> dict[str, Any]:
+    """A copy of the `configure()` arguments in force, for `restore_overrides()` (the testing kit)."""
+    with _lock:
+        return dict(_overrides)
+
+
+def restore_overrides(saved: Mapping[str, Any]) -> Settings:
+    """Put back the `configure()` arguments of `saved_overrides()` and re-read the environment."""
+    with _lock:
+        _overrides.clear()
+        _overrides.update(saved)
+        env, problems = _from_env(os.environ)
+        _install(Settings(**_merge(env, problems, _overrides)))
+        assert _settings is not None
+        return _settings
+
+
 def reset_settings() -> None:
     """Forget every `configure()` argument and re-read the environment on next use (for tests)."""
     global _settings

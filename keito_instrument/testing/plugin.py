@@ -6,6 +6,7 @@ Importing it is cheap and safe: keito_instrument is only imported when a fixture
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,37 +16,18 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def keito_server() -> Iterator[KeitoTestServer]:
-    """A running `KeitoTestServer`, with keito_instrument configured to deliver to it.
+def keito_server(tmp_path: Path) -> Iterator[KeitoTestServer]:
+    """A running `KeitoTestServer`, with keito_instrument configured to deliver to it from a
+    temporary ledger (`tmp_path / "keito-ledger" / "ledger.sqlite3"`), never the real one.
 
-    The credentials and base URL point at the server; project, task and expense category ids
-    are set to the server's test ids unless already configured. On teardown the exporter is
-    shut down (with a short budget), the previous settings are restored and the server stops.
+    The credentials, base URL and ledger point at the test's own; project, task and expense
+    category ids are set to the server's test ids unless already configured. On teardown open
+    sessions are ended, the exporter is shut down (with a short budget), the previous settings
+    are restored and the server stops.
     """
-    from .. import _config, configure
-    from .._export import shutdown
-    from ._server import KeitoTestServer
+    from ._isolation import use_test_server
 
-    with _config._lock:
-        before = dict(_config._overrides)
-    with KeitoTestServer() as server:
-        current = _config.get_settings()
-        defaults = {
-            "project_id": server.project_id,
-            "task_id": server.task_id,
-            "expense_category_id": server.expense_category_id,
-        }
-        configure(
-            api_key=server.api_key,
-            account_id=server.account_id,
-            base_url=server.url,
-            **{name: value for name, value in defaults.items() if getattr(current, name) is None},
-        )
-        try:
-            yield server
-        finally:
-            shutdown(1.0)
-            with _config._lock:
-                _config._overrides.clear()
-                _config._overrides.update(before)
-            configure()
+    ledger_dir = tmp_path / "keito-ledger"
+    ledger_dir.mkdir(exist_ok=True)
+    with use_test_server(ledger_dir=ledger_dir) as server:
+        yield server
