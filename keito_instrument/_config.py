@@ -78,6 +78,7 @@ class Settings:
     max_concurrency: int = 8
     request_timeout: float = 10.0
     atexit_timeout: float = 5.0
+    ledger_retention_days: float = 30.0  # delivered records and old session rows pruned after (0: never)
     # Not a setting: why delivery is held although credentials are set (an invalid KEITO_BASE_URL).
     _held: str | None = None
 
@@ -152,6 +153,7 @@ _ENV: dict[str, str] = {
     "granularity": "KEITO_GRANULARITY",
     "idle_timeout": "KEITO_IDLE_TIMEOUT",
     "capture_content": "KEITO_CAPTURE_CONTENT",
+    "ledger_retention_days": "KEITO_LEDGER_RETENTION_DAYS",
 }
 ENV_VARS: Mapping[str, str] = _ENV
 _DEFAULTS: Mapping[str, Any] = {
@@ -310,6 +312,7 @@ def _validate(name: str, value: Any) -> Any:
         "flush_interval",
         "request_timeout",
         "atexit_timeout",
+        "ledger_retention_days",
     ):
         number = float(_to_number(name, value, float))
         if number < 0 or math.isnan(number):

@@ -30,6 +30,7 @@ from typing import Any
 _log = logging.getLogger("keito_instrument")
 
 MAX_MEMORY_LINES = 100_000
+TORN_END = b"!\n"  # ends a line a full disk cut short: never valid JSON, so never an event
 WAKE = threading.Event()  # set when a session ends: the billing worker folds at once
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
@@ -58,6 +59,7 @@ class Journal:
         self.memory: deque[bytes] = deque()
         self.dropped = 0
         self.failed = False
+        self.torn = False  # the last write was cut short
         self._warned = False
         self.wake = WAKE
 
@@ -102,10 +104,15 @@ class Journal:
         fd = self.fd if self.fd >= 0 else self._open()
         if fd >= 0:
             try:
-                if os.write(fd, data) == len(data):
+                # A full disk may cut a line short; the next line first ends it with a mark that
+                # no parser reads as an event (the torn event itself is kept in memory).
+                out = TORN_END + data if self.torn else data
+                if os.write(fd, out) == len(out):
+                    self.torn = False
                     if wake:
                         self.wake.set()
                     return
+                self.torn = True
                 raise OSError("short write to the journal")
             except OSError as exc:
                 self._write_failed(exc)

@@ -155,6 +155,9 @@ def warm_up() -> None:
 
 def _warm_up_imports() -> None:
     with guard("warm-up"):
+        import contextlib
+        import sqlite3
+
         import genai_prices  # noqa: F401  (about 0.1 s, once)
 
         from . import _engine
@@ -162,7 +165,8 @@ def _warm_up_imports() -> None:
         from ._spool import get_spool
 
         settings = get_settings()
-        get_spool(ledger_path()).connect()
+        with contextlib.suppress(OSError, sqlite3.Error):  # an unusable ledger: the billing thread reports it
+            get_spool(ledger_path()).connect()
         _engine.ensure_started()
         if settings.has_credentials:
             # httpx and asyncio (about 0.1 s), which the first session end would otherwise

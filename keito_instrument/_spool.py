@@ -9,6 +9,7 @@ dead (refused for good, with the server's reason).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -90,6 +91,39 @@ CREATE INDEX IF NOT EXISTS rollups_due ON rollups (billed, period_end);
 
 STATES = ("local", "pending", "sending", "delivered", "dead")
 before_read: Callable[[str], None] | None = None  # set by the billing engine
+after_reopen: Callable[[str, sqlite3.Connection], None] | None = None  # set by the billing engine
+_stale: list[sqlite3.Connection] = []  # connections to ledger files deleted while open
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def open_ledger(path: Path) -> sqlite3.Connection:
+    """Connect to the ledger file; where there is none, first remove the -wal and -shm files a
+    deleted ledger may have left (SQLite would read them as the new file's), under a lock on the
+    folder so that two processes recreating it never remove each other's."""
+    if path.exists():
+        return sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    import fcntl
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not path.exists():
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{path}{suffix}")
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA schema_version").fetchone()  # the file exists before the lock is released
+        return conn
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def insert_built(conn: sqlite3.Connection, built: Built, state: str) -> None:
@@ -156,20 +190,41 @@ class Spool:
         pid = os.getpid()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == pid:
-            return conn
+            if file_identity(self.path) == self._local.ident:
+                return conn
+            return self._reopen(conn)  # the ledger was deleted (or replaced) while we had it open
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = open_ledger(self.path)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA synchronous=NORMAL")
         if self._ready_pid != pid:
             with self._schema_lock:
                 if self._ready_pid != pid:
+                    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:  # a new file: before any table
+                        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(SCHEMA)
                     _migrate(conn)
+                    from . import _daily, _prune
+
+                    _daily.ensure_schema(conn)
+                    _prune.ensure_schema(conn)
                     self._ready_pid = pid
-        self._local.conn, self._local.pid = conn, pid
+        self._local.conn, self._local.pid, self._local.ident = conn, pid, file_identity(self.path)
+        return conn
+
+    def _reopen(self, stale: sqlite3.Connection) -> sqlite3.Connection:
+        # The old connection is kept open, never closed: closing the last connection of a WAL
+        # database deletes its -wal file by name, which is now the new ledger's.
+        _stale.append(stale)
+        self._local.conn = None
+        with self._schema_lock:
+            self._ready_pid = -1  # the schema is created in the new file
+        conn = self.connect()
+        hook = after_reopen
+        if hook is not None:
+            hook(str(self.path), conn)
         return conn
 
     @contextmanager
@@ -265,6 +320,11 @@ class Spool:
             sql, args = sql + " AND state = ?", [*args, state]
         rows = self.connect().execute(sql + " ORDER BY created_at, record_id", args)
         return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+    def ended(self) -> sqlite3.Connection:
+        """A connection to read ended sessions from, with this process's own ends folded first."""
+        self._read_own_writes()
+        return self.connect()
 
     def sessions(self, since: float | None = None) -> list[dict[str, Any]]:
         """Ledger rows of ended sessions, oldest first."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .. import _prune, _writer
 from .._config import get_settings
 from .._guard import guard
 from .._journal import Journal, all_journals, journal_dir, owner_alive
@@ -36,6 +38,7 @@ _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 _stop = threading.Event()
 _last_recover: dict[str, float] = {}
+_memory_folded: dict[str, int] = {}  # journal owner -> in-memory events folded so far
 listeners: list[Callable[[object], None]] = []
 
 
@@ -81,7 +84,11 @@ def cycle(recover: bool | None = None) -> int:
             last = _last_recover.get(journal.dir, 0.0)
             if recover or (recover is None and now - last >= RECOVER_EVERY):
                 _last_recover[journal.dir] = now
-                built += fold_ledger(journal.ledger_path, include_live=False, skip_owner=journal.owner)
+                try:
+                    built += fold_ledger(journal.ledger_path, include_live=False, skip_owner=journal.owner)
+                except Exception as exc:
+                    if not _writer.is_ledger_error(exc):
+                        raise  # (an unusable ledger is reported by the fold of this process's journal)
     return built
 
 
@@ -116,14 +123,22 @@ def _fold_journal(journal: Journal) -> int:
     while journal.memory:
         memory.append((journal.owner, journal.memory.popleft()))
     segments = [Segment(name, os.path.join(journal.dir, name), journal.owner) for _seq, name in segs]
+    spool = get_spool(journal.ledger_path)
+    base = _memory_folded.get(journal.owner, 0)
     try:
-        result = fold(get_spool(journal.ledger_path), settings, segments, memory, _alive_check(journal),
-                      others=lambda: _other_segments(journal))
-    except BaseException:
+        result = fold(spool, settings, segments, memory, _alive_check(journal),
+                      others=lambda: _other_segments(journal), memory_key=(f"{journal.owner}.memory", base))
+    except BaseException as exc:
         for item in reversed(memory):  # folded next time
             journal.memory.appendleft(item[1])
-        raise
+        if not _writer.is_ledger_error(exc):
+            raise
+        _writer.ledger_failed(journal, exc)  # kept, counted and reported: not an internal error
+        return 0
+    _memory_folded[journal.owner] = base + len(memory)
+    _writer.ledger_ok(journal, spool)
     _after_fold(result.built, settings.has_credentials)
+    _prune.maybe_prune(spool, settings)
     _compact_own(journal, segs, result.complete)
     return sum(len(b.records) for b in result.built)
 
@@ -241,10 +256,16 @@ def _pending_own_ends() -> bool:
     from .._spool import get_spool
 
     for journal in all_journals():
-        if journal.memory:
+        if journal.memory or _writer.unwritten(journal.ledger_path)["sessions"]:
             return True
-        conn = get_spool(journal.ledger_path).connect()
-        for (text,) in conn.execute("SELECT state FROM live WHERE due_at <= ?", (time.time() + 5.0,)):
+        try:
+            conn = get_spool(journal.ledger_path).connect()
+            due = conn.execute("SELECT state FROM live WHERE due_at <= ?", (time.time() + 5.0,)).fetchall()
+        except Exception as exc:
+            if not _writer.is_ledger_error(exc):
+                raise
+            return True
+        for (text,) in due:
             if f'"{journal.owner}":' in text and '"ends":{}' not in text:
                 return True
     return False
@@ -262,6 +283,7 @@ def stop(timeout: float) -> None:
     global _thread
     deadline = time.monotonic() + max(0.0, timeout)
     settle(timeout)
+    _writer.warn_unwritten("shutdown")
     with _start_lock:
         thread = _thread
         _stop.set()
@@ -296,12 +318,27 @@ def _after_fork_in_child() -> None:
     _fork_holds_lock = False
     _thread, _lock, _start_lock, _stop = None, threading.RLock(), threading.Lock(), threading.Event()
     _last_recover.clear()
+    _memory_folded.clear()
+
+
+def _after_reopen(path: str, conn: sqlite3.Connection) -> None:
+    # The ledger was deleted while open and a new one is in its place: what this process folded
+    # into the old one stays folded (its journal lines are not billed a second time).
+    offsets = _writer.committed_offsets(path)
+    conn.executemany(
+        "INSERT INTO journal_offsets (segment, offset, updated_at) VALUES (?,?,?)"
+        " ON CONFLICT (segment) DO UPDATE SET offset = max(offset, excluded.offset)",
+        [(name, offset, time.time()) for name, offset in offsets.items()],
+    )
+    _log.warning("keito-instrument: the ledger %s was deleted while in use; a new one is written in its place "
+                 "(what the deleted file held is not in it)", path)
 
 
 def _install_read_hook() -> None:
     from .. import _spool
 
     _spool.before_read = _before_read
+    _spool.after_reopen = _after_reopen
 
 
 _install_read_hook()

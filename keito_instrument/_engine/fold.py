@@ -118,6 +118,7 @@ def fold(
     alive: Callable[[str], bool] | None = None,
     sweep: bool = True,
     others: Callable[[], Iterable[Segment]] | None = None,
+    memory_key: tuple[str, int] | None = None,
 ) -> FoldResult:
     """Fold new journal lines (and lines kept in memory) into the ledger; end and bill what is due.
 
@@ -125,6 +126,8 @@ def fold(
     process is gone ends by its idle timeout from its last activity). `others()`: the segments
     of the ledger's other processes, folded too when a conversation is ended explicitly (its
     turns served by other workers a moment ago are billed with it, not left for a second part).
+    `memory_key` (name, position of the first line of `memory`): the in-memory lines are counted
+    like a segment's, so a commit that failed after all (a full disk) never folds them twice.
     Raises on a SQLite error, in which case nothing was changed.
     """
     now = clock()
@@ -134,7 +137,7 @@ def fold(
         batch = _Batch(conn, settings)
         offsets: dict[str, int] = {}
         events = sum(_fold_segment(conn, batch, seg, offsets, complete) for seg in segments)
-        for owner, line in memory or ():
+        for owner, line in _unfolded(conn, memory or [], memory_key, offsets):
             event = _parse(line)
             if event is not None:
                 batch.apply(event, owner)
@@ -174,6 +177,15 @@ def fold(
         )
         open_sessions = conn.execute("SELECT COUNT(*) FROM live").fetchone()[0]
     return FoldResult(built, events, complete, int(open_sessions))
+
+
+def _unfolded(conn: sqlite3.Connection, memory: list[tuple[str, bytes]], key: tuple[str, int] | None,
+              offsets: dict[str, int]) -> list[tuple[str, bytes]]:
+    if key is None or not memory:
+        return memory
+    row = conn.execute("SELECT offset FROM journal_offsets WHERE segment = ?", (key[0],)).fetchone()
+    offsets[key[0]] = key[1] + len(memory)
+    return memory[max(0, (int(row[0]) if row else 0) - key[1]):]
 
 
 def _fold_segment(conn: sqlite3.Connection, batch: _Batch, seg: Segment, offsets: dict[str, int],

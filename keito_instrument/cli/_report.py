@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from .. import _daily as daily
 from .._config import get_settings
 from .._spool import get_spool
 from ._table import render_table
@@ -64,9 +65,13 @@ def summarise(by: str, since: float | None = None, include_open: bool = True
     """
     spool = get_spool()
     live = open_sessions(since) if include_open else []
-    usages = [*spool.usage(since),
-              *({**u, "session_key": s["session_key"], "_open": True} for s in live for u in s["usage"])]
-    groups = _by_model(usages) if by == "model" else _by_session(by, spool.sessions(since), live, usages)
+    # Ended sessions are summed per day in the ledger (`_daily`): read the sums, not every session.
+    compact = daily.summary(spool.ended(), by, since)
+    ended, usage = ([], []) if compact is not None else (spool.sessions(since), spool.usage(since))
+    usages = [*usage, *({**u, "session_key": s["session_key"], "_open": True} for s in live for u in s["usage"])]
+    groups = _by_model(usages) if by == "model" else _by_session(by, ended, live, usages)
+    if compact is not None:
+        daily.merge(groups, compact[0], by, _empty)
     rows = []
     every: set[str] = set()
     still_open: set[str] = set()
@@ -74,11 +79,11 @@ def summarise(by: str, since: float | None = None, include_open: bool = True
         row = groups[name]
         every |= row["_sessions"]
         still_open |= row["_open"]
-        row["sessions"] = len(row.pop("_sessions"))
+        row["sessions"] = len(row.pop("_sessions")) + row.pop("_ended", 0)
         row["open"] = len(row.pop("_open"))
         rows.append({"group": name, **{c: row[c] for c in _COLUMNS}})
     total = totals(rows)
-    total["sessions"], total["open"] = len(every), len(still_open)
+    total["sessions"], total["open"] = len(every) + (compact[1] if compact else 0), len(still_open)
     return rows, total
 
 
@@ -211,4 +216,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
     return [str(row["group"]), num(row["sessions"]), num(row["open"]), _fmt_duration(row["active_seconds"]), hours,
             num(row["llm_calls"]), num(row["tool_calls"]), num(row["errors"]), num(row["input_tokens"]),
             num(row["output_tokens"]), _fmt_cost(row["cost_usd"], row["unpriced_calls"]),
-            "-" if row["billed_cost"] is None else money(row["billed_cost"], "")]
+            "-" if row["billed_cost"] is None else money(row["billed_cost"], _symbol())]
+
+
+def _symbol() -> str:
+    return "$" if get_settings().currency == "USD" else ""  # the header names any other currency

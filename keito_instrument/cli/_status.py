@@ -10,6 +10,7 @@ from typing import Any
 
 from .._config import Settings, get_settings, setting_problems
 from .._spool import get_spool
+from .._writer import health_lines, ledger_health
 from ._report import money, open_sessions
 from ._table import render_table
 
@@ -43,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     spend, unpriced = _sum_cost(live)
     volume = plan_check(settings.granularity, spool.recent_records(86_400.0))
     problems = setting_problems()
+    health = ledger_health(spool)
     if args.format == "json":
         json.dump({"ledger": str(spool.path), "credentials": settings.has_credentials,
                    "base_url": None if settings.delivery_held else settings.base_url,
                    "delivery_held": settings.delivery_held, "setting_errors": problems,
                    "counts": counts,
                    "open_sessions": {"count": len(live), "cost_usd": spend, "unpriced_calls": unpriced},
-                   "plan_limits": volume,
+                   "plan_limits": volume, **health,
                    "errors": errors}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"open:        {len(live):,} session(s) not yet billed, {money(spend)}{more} spent so far")
     if volume["warning"]:
         print(f"warning:     {volume['warning']}")
+    for line in health_lines(health):
+        print(line)
     print()
     sys.stdout.write(render_table(["state", "records", "meaning"],
                                   [[s, f"{n:,}", _MEANING[s]] for s, n in counts.items()], left=(0, 2)))
