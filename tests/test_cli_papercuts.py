@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 import keito_instrument as keito
-from keito_instrument.cli import main
-from keito_instrument.cli import _report
+from keito_instrument.cli import _report, main
 
 IDS = {"project_id": "p", "task_id": "t", "expense_category_id": "c"}
 
@@ -133,3 +132,24 @@ def test_report_after_the_demo_finds_the_demos_ledger(tmp_path: Path) -> None:
     shown = cli(*command.split()[1:], "--format", "json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["total"]["sessions"] == 2
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_license_is_mit_and_ships_in_both_distributions() -> None:
+    import tomllib
+
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 keito-instrument contributors" in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # hatchling puts license-files in the sdist and in the wheel's .dist-info/licenses/
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+
+
+def test_the_demo_script_installs_only_the_core_and_says_so() -> None:
+    script = (ROOT / "scripts" / "demo").read_text()
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("scripts/bootstrap" in line for line in commands) and "[all" not in script and "dev]" not in script
+    assert "pip install --quiet --disable-pip-version-check -e . -c constraints.txt\n" in script
+    assert script.count('say "') >= 3  # progress on stderr: venv, install, run
