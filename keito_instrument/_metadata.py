@@ -30,6 +30,10 @@ def flat_value(value: Any) -> Any:
     return dumps(value)
 
 
+# Keys sent as JSON objects, as the official SDKs send them (everything else stays flat).
+STRUCTURED = frozenset({"outcome_evidence"})
+
+
 def fit(
     required: Mapping[str, Any], *tiers: Mapping[str, Any], limit: int = METADATA_LIMIT
 ) -> dict[str, Any]:
@@ -43,7 +47,7 @@ def fit(
         for key, value in tier.items():
             # The first tier to set a key wins: user metadata cannot overwrite a billing key.
             if key not in merged and value is not None:
-                merged[key] = flat_value(value)
+                merged[key] = value if key in STRUCTURED and isinstance(value, dict) else flat_value(value)
     if size(merged) <= limit:
         return merged
     owner: dict[str, int] = {}

@@ -396,7 +396,7 @@ def _outcome(
     if outcome.unit_price is not None:
         core["outcome_unit_price"] = outcome.unit_price
     if outcome.evidence:
-        core["outcome_evidence"] = md.dumps(dict(outcome.evidence))
+        core["outcome_evidence"] = dict(outcome.evidence)  # an object, as the SDK's outcomes.log sends it
     payload = {
         "project_id": ids["project_id"],
         "task_id": ids["task_id"],

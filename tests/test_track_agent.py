@@ -232,7 +232,7 @@ def test_log_outcome_is_an_hours_zero_time_entry(ledger: Spool) -> None:
     meta = outcome["metadata"]
     assert (meta["outcome_type"], meta["outcome_quantity"], meta["outcome_unit_price"], meta["outcome_success"]) == (
         "ticket_resolved", 2, 0.99, True)
-    assert '"ticket_id":"T-1"' in meta["outcome_evidence"]
+    assert meta["outcome_evidence"] == {"ticket_id": "T-1"}  # an object, as the official SDK sends it
 
 
 def test_flush_without_credentials_returns_true_at_once() -> None:
