@@ -153,3 +153,14 @@ def test_the_demo_script_installs_only_the_core_and_says_so() -> None:
     assert not any("scripts/bootstrap" in line for line in commands) and "[all" not in script and "dev]" not in script
     assert "pip install --quiet --disable-pip-version-check -e . -c constraints.txt\n" in script
     assert script.count('say "') >= 3  # progress on stderr: venv, install, run
+
+
+def test_each_demo_run_starts_from_a_fresh_demo_ledger(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    totals = []
+    for _ in range(2):
+        demo = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "demo", "--tickets", "2",
+                               "--step-seconds", "0"], capture_output=True, text=True, timeout=120, env=env)
+        assert demo.returncode == 0, demo.stderr
+        totals.append(next(line.split()[1] for line in demo.stdout.splitlines() if line.startswith("TOTAL")))
+    assert totals == ["2", "2"]  # the second run does not fold the first run's journal again

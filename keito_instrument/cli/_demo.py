@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,8 @@ def _use_demo_ledger(args: argparse.Namespace) -> Path:
         path = demo_ledger_path()
         for suffix in ("", "-wal", "-shm"):  # a fresh demo each run
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+        # and its journal: a past run's segments would be folded into the new ledger again
+        shutil.rmtree(f"{path}.journal", ignore_errors=True)
     keito.configure(ledger_path=str(path), api_key=None, account_id=None, **DEMO_IDS)
     return path
 
