@@ -66,6 +66,7 @@ class CrewEvent:
         item_id: The call id (LLM events) or start event id (tool events) used to count once.
         usage: The provider-shaped usage dict of a completed LLM call.
         settled: For an end event: every event emitted before it has already been handled.
+        streamed: For a failed LLM call: its output had begun streaming (the provider bills it).
         at: When the event happened (wall-clock epoch seconds, the bus event's timestamp); None
             when unknown (the time it is handled is used instead).
     """
@@ -85,6 +86,7 @@ class CrewEvent:
     error: str | None = None
     settled: bool = True
     at: float | None = None
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,6 +378,8 @@ class KickoffAssembler:
         if kind == LLM_COMPLETED:
             self.record_call(event, session)
         elif kind in (LLM_FAILED, TASK_FAILED):
+            if event.streamed:  # cut mid-stream: a call whose usage never came, never a silent 0
+                self.record_call(event, session)
             session.record_error()
         elif kind in (TOOL_FINISHED, TOOL_FAILED):
             session.record_tool_call()

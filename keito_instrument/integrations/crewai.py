@@ -61,6 +61,7 @@ INPUT_KEYS = {
     "keito_task_id": "task_id",
     "keito_agent_id": "agent_id",
 }
+MAX_STREAMED = 4096  # calls streaming at once, far beyond any crew
 _ROOTS = frozenset({"crew_kickoff_started", "lite_agent_execution_started"})
 OPTIONS = frozenset(
     {"project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable", "notes"} | {"metadata"}
@@ -112,6 +113,10 @@ class KeitoCrewListener:
         self._kinds: dict[type[Any], str] = {}
         self._bus: Any = None
         self._scopes = _scope_reader()
+        # Calls whose output began streaming (call id -> None, oldest first, bounded): one that then
+        # fails was cut mid-stream, and the provider bills what it streamed.
+        self._streamed: dict[Any, None] = {}
+        self._chunk_event: Any = None
 
     # -- installation -----------------------------------------------------------------------------
     def install(self) -> None:
@@ -132,6 +137,9 @@ class KeitoCrewListener:
             self._bus, self._kinds = events.crewai_event_bus, kinds
             for cls in kinds:
                 self._bus.register_handler(cls, self._handle)
+            self._chunk_event = getattr(events, "LLMStreamChunkEvent", None)
+            if self._chunk_event is not None:
+                self._bus.register_handler(self._chunk_event, self._on_chunk)
 
     def uninstall(self) -> None:
         """Unregister every handler and close the kickoffs still open (they bill what they spent)."""
@@ -140,6 +148,8 @@ class KeitoCrewListener:
             if bus is not None:
                 for cls in self._kinds:
                     bus.off(cls, self._handle)
+                if self._chunk_event is not None:
+                    bus.off(self._chunk_event, self._on_chunk)
         self.assembler.close_all()
 
     @property
@@ -174,6 +184,16 @@ class KeitoCrewListener:
         return self.assembler.wait_idle(timeout)
 
     # -- the handler ------------------------------------------------------------------------------
+    def _on_chunk(self, source: Any, event: Any) -> None:
+        # Runs inline in the streaming thread, once per chunk: one dict lookup after the first.
+        with guard("crewai stream chunk"):
+            call_id = getattr(event, "call_id", None)
+            if call_id is None or call_id in self._streamed:
+                return
+            if len(self._streamed) >= MAX_STREAMED:
+                self._streamed.pop(next(iter(self._streamed)), None)
+            self._streamed[call_id] = None
+
     def _handle(self, source: Any, event: Any) -> None:
         with guard("crewai event"):
             kind = self._kinds.get(type(event))
@@ -191,10 +211,11 @@ class KeitoCrewListener:
         session = current_session()
         if session is None:
             return
+        call = self._llm_event(kind, "", source, event, {})
         if kind == LLM_FAILED:
             session.record_error()
-            return
-        call = self._llm_event(kind, "", source, event, {})
+            if not call.streamed:
+                return
         KickoffAssembler.record_call(call, session)
 
     def _event(self, kind: str, source: Any, event: Any) -> CrewEvent | None:
@@ -240,17 +261,19 @@ class KeitoCrewListener:
             return CrewEvent(kind, key, item_id=event.started_event_id or event.event_id, **base)
         return CrewEvent(kind, key, item_id=event.event_id, **base)
 
-    @staticmethod
-    def _llm_event(kind: str, key: str, source: Any, event: Any, base: dict[str, Any]) -> CrewEvent:
+    def _llm_event(self, kind: str, key: str, source: Any, event: Any, base: dict[str, Any]) -> CrewEvent:
+        call_id = getattr(event, "call_id", None)
+        streamed = kind != LLM_STARTED and self._streamed.pop(call_id, 0) is None
         return CrewEvent(
             kind,
             key,
-            item_id=getattr(event, "call_id", None),
+            item_id=call_id,
             model=getattr(event, "model", None),
             provider=_text(getattr(source, "provider", None)),
             usage=getattr(event, "usage", None) if kind == LLM_COMPLETED else None,
             agent=getattr(event, "agent_role", None),
             task=getattr(event, "task_name", None),
+            streamed=streamed,
             **base,
         )
 

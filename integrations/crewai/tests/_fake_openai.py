@@ -29,10 +29,13 @@ class FakeOpenAI:
     """Answers `POST /v1/chat/completions` with `replies` in turn (cyclically) and `USAGE`.
 
     A reply that is a `ToolCall` becomes a native OpenAI tool call (non-streaming requests only).
+    The first `cut` streamed replies stop after their first chunk, the connection dropped before
+    the body its Content-Length promised (so the client sees a broken stream, not an end).
     """
 
-    def __init__(self, replies: list[str | ToolCall]) -> None:
+    def __init__(self, replies: list[str | ToolCall], cut: int = 0) -> None:
         self.replies = replies
+        self.cut = cut
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         outer = self
@@ -55,7 +58,9 @@ class FakeOpenAI:
                 else:
                     text = reply
                     message = {"role": "assistant", "content": text}
-                if body.get("stream"):
+                if body.get("stream") and n < outer.cut:
+                    self._cut_stream(text, n)
+                elif body.get("stream"):
                     self._stream(text, n)
                 else:
                     self._send_json(
@@ -107,6 +112,18 @@ class FakeOpenAI:
                 self.wfile.write(f"data: {json.dumps(usage)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
 
+            def _cut_stream(self, text: str, n: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                chunk = {"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                         "model": "gpt-4o-mini",
+                         "choices": [{"index": 0, "delta": {"content": text.split(" ")[0]}, "finish_reason": None}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                self.close_connection = True
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -115,9 +132,9 @@ class FakeOpenAI:
 
 
 @contextmanager
-def fake_openai(replies: list[str | ToolCall]) -> Iterator[FakeOpenAI]:
+def fake_openai(replies: list[str | ToolCall], cut: int = 0) -> Iterator[FakeOpenAI]:
     """Serve `FakeOpenAI` in a thread for the duration of the block."""
-    fake = FakeOpenAI(replies)
+    fake = FakeOpenAI(replies, cut)
     thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -13,7 +13,7 @@ import pytest
 from _fake_openai import USAGE, ToolCall, fake_openai
 from _socket_guard import take_attempts
 from crewai import LLM
-from crewai.events import LLMCallCompletedEvent, crewai_event_bus
+from crewai.events import LLMCallCompletedEvent, LLMCallFailedEvent, crewai_event_bus
 
 from conftest import make_crew, settle
 from keito_instrument._spool import Spool
@@ -97,3 +97,24 @@ def test_the_socket_guard_refuses_and_records_what_leaves_loopback() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:  # loopback is allowed
         socket.create_connection(server.getsockname(), timeout=1).close()
     assert take_attempts() == []
+
+
+def test_a_stream_cut_after_output_began_is_a_call_with_usage_missing(
+    listener: keito_crewai.KeitoCrewListener, ledger: Spool
+) -> None:
+    # The provider bills what it streamed before the connection dropped: the call is counted, its
+    # usage marked missing (so the cost is unknown, never a silent 0), and the failure an error.
+    with fake_openai(["The sum is 5."], cut=1) as server:
+        llm = LLM(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-fake", stream=True, max_retries=0)
+        failed: list[object] = []
+        crewai_event_bus.register_handler(LLMCallFailedEvent, lambda _s, e: failed.append(e))
+        with contextlib.suppress(Exception):
+            make_crew(llm).kickoff()
+        settle(listener)
+    assert failed, "the cut stream reached crewai as a failed call"
+    [row] = ledger.sessions()
+    assert row["llm_calls"] == len(server.requests)  # the cut call and any retries that followed
+    assert row["errors"] >= 1
+    [expense] = [r for r in ledger.records(session_id=row["session_id"]) if r["kind"] == "expense"]
+    meta = expense["payload"]["metadata"]
+    assert meta["usage_missing"] == 1 and meta["cost_unknown"] is True
