@@ -83,7 +83,8 @@ def test_a_session_spanning_a_price_change_prices_each_call_at_its_own_time(
     # tokens cost more before it); the journal's timestamps are the call times priced at.
     before, after = datetime(2026, 3, 12, 12, tzinfo=UTC), datetime(2026, 3, 14, 12, tzinfo=UTC)
     clock = [before.timestamp()]
-    monkeypatch.setattr(_session, "time", types.SimpleNamespace(time=lambda: clock[0], monotonic=_session.time.monotonic))
+    fake_time = types.SimpleNamespace(time=lambda: clock[0], monotonic=_session.time.monotonic)
+    monkeypatch.setattr(_session, "time", fake_time)
     counts = {"input_tokens": 250_000, "output_tokens": 1_000}
     with keito.session(session_id="price-change"):
         keito.record_llm_call("claude-opus-4-6", "anthropic", **counts)
@@ -91,7 +92,8 @@ def test_a_session_spanning_a_price_change_prices_each_call_at_its_own_time(
         keito.record_llm_call("claude-opus-4-6", "anthropic", **counts)
     assert keito.flush(5.0)
     [row] = ledger.sessions()
-    old, new = genai("claude-opus-4-6", "anthropic", before, **counts), genai("claude-opus-4-6", "anthropic", after, **counts)
+    old = genai("claude-opus-4-6", "anthropic", before, **counts)
+    new = genai("claude-opus-4-6", "anthropic", after, **counts)
     assert old > new  # the snapshot holds two prices for this model
     assert row["cost_usd"] == pytest.approx(float(old + new), abs=1e-6)
 

@@ -119,7 +119,7 @@ class FakeOpenAI:
                 self.end_headers()
                 chunk = {"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": 1_700_000_000,
                          "model": "gpt-4o-mini",
-                         "choices": [{"index": 0, "delta": {"content": text.split(" ")[0]}, "finish_reason": None}]}
+                         "choices": [{"index": 0, "delta": {"content": text.split(" ", 1)[0]}, "finish_reason": None}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
                 self.close_connection = True
