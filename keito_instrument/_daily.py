@@ -20,6 +20,25 @@ _START_DAY = "date({t}.started_at, 'unixepoch', 'localtime')"
 _UNKNOWN = "({t}.cost_unknown OR {t}.cost_usd IS NULL)"
 _UNKNOWN_OF_NEW = f"SELECT {_UNKNOWN.format(t='sessions')} FROM sessions WHERE session_key = NEW.session_key"
 
+# Tokens by kind, summed in the model rows only (`report --by model`): the usage columns, then the
+# kinds kept in the usage row's `details` JSON.
+KINDS = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cache_write_1h_tokens",
+         "input_audio_tokens", "input_image_tokens", "output_audio_tokens", "web_searches")
+_COLUMN_KINDS = KINDS[:3]
+_KIND_DDL = ", ".join(f"{k} INTEGER NOT NULL DEFAULT 0" for k in KINDS)
+
+
+def _kind_value(kind: str, t: str) -> str:
+    if kind in _COLUMN_KINDS:
+        return f"{t}.{kind}"
+    return f"coalesce(json_extract({t}.details, '$.{kind}'), 0)"
+
+
+_KIND_NAMES = ", ".join(KINDS)
+_KIND_NEW = ", ".join(_kind_value(k, "NEW") for k in KINDS)
+_KIND_SUM = ", ".join(f"SUM({_kind_value(k, 'u')})" for k in KINDS)
+_KIND_ADD = ", ".join(f"{k} = {k} + excluded.{k}" for k in KINDS)
+
 SCHEMA = f"""
 CREATE TABLE daily (
     spent_date TEXT NOT NULL, start_day TEXT NOT NULL, project_id TEXT NOT NULL, agent_id TEXT NOT NULL,
@@ -30,6 +49,7 @@ CREATE TABLE daily (
     cost_usd REAL NOT NULL DEFAULT 0, billed_cost REAL NOT NULL DEFAULT 0, unknown INTEGER NOT NULL DEFAULT 0,
     priced_part REAL NOT NULL DEFAULT 0, unpriced_calls INTEGER NOT NULL DEFAULT 0,
     with_usage INTEGER NOT NULL DEFAULT 0,
+    {_KIND_DDL},
     PRIMARY KEY ({_KEY})
 ) WITHOUT ROWID;
 CREATE TRIGGER daily_session AFTER INSERT ON sessions BEGIN
@@ -51,16 +71,17 @@ CREATE TRIGGER daily_session AFTER INSERT ON sessions BEGIN
 END;
 CREATE TRIGGER daily_usage AFTER INSERT ON usage BEGIN
     INSERT INTO daily ({_KEY}, sessions, llm_calls, input_tokens, output_tokens, cost_usd, unknown,
-                       unpriced_calls)
+                       unpriced_calls, {_KIND_NAMES})
     SELECT s.spent_date, {_START_DAY.format(t="s")}, coalesce(s.project_id, ''), coalesce(s.agent_id, ''),
            NEW.model, (SELECT COUNT(*) = 1 FROM usage WHERE session_key = NEW.session_key AND model = NEW.model),
            NEW.llm_calls, NEW.input_tokens, NEW.output_tokens, coalesce(NEW.cost_usd, 0), NEW.cost_usd IS NULL,
-           CASE WHEN NEW.cost_usd IS NULL THEN NEW.llm_calls ELSE 0 END
+           CASE WHEN NEW.cost_usd IS NULL THEN NEW.llm_calls ELSE 0 END, {_KIND_NEW}
     FROM sessions s WHERE s.session_key = NEW.session_key
     ON CONFLICT ({_KEY}) DO UPDATE SET sessions = sessions + excluded.sessions,
         llm_calls = llm_calls + excluded.llm_calls, input_tokens = input_tokens + excluded.input_tokens,
         output_tokens = output_tokens + excluded.output_tokens, cost_usd = cost_usd + excluded.cost_usd,
-        unknown = unknown + excluded.unknown, unpriced_calls = unpriced_calls + excluded.unpriced_calls;
+        unknown = unknown + excluded.unknown, unpriced_calls = unpriced_calls + excluded.unpriced_calls,
+        {_KIND_ADD};
     UPDATE daily SET
         with_usage = with_usage + (SELECT COUNT(*) = 1 FROM usage WHERE session_key = NEW.session_key),
         priced_part = priced_part + CASE WHEN ({_UNKNOWN_OF_NEW}) THEN coalesce(NEW.cost_usd, 0) ELSE 0 END,
@@ -87,11 +108,12 @@ SELECT spent_date, {_START_DAY.format(t="s")}, coalesce(project_id, ''), coalesc
            WHERE u.session_key = s.session_key AND u.cost_usd IS NULL)) ELSE 0 END),
        SUM(EXISTS (SELECT 1 FROM usage u WHERE u.session_key = s.session_key))
 FROM sessions s GROUP BY 1, 2, 3, 4;
-INSERT INTO daily ({_KEY}, sessions, llm_calls, input_tokens, output_tokens, cost_usd, unknown, unpriced_calls)
+INSERT INTO daily ({_KEY}, sessions, llm_calls, input_tokens, output_tokens, cost_usd, unknown, unpriced_calls,
+                   {_KIND_NAMES})
 SELECT s.spent_date, {_START_DAY.format(t="s")}, coalesce(s.project_id, ''), coalesce(s.agent_id, ''), u.model,
        COUNT(DISTINCT u.session_key), SUM(u.llm_calls), SUM(u.input_tokens), SUM(u.output_tokens),
        SUM(coalesce(u.cost_usd, 0)), SUM(u.cost_usd IS NULL),
-       SUM(CASE WHEN u.cost_usd IS NULL THEN u.llm_calls ELSE 0 END)
+       SUM(CASE WHEN u.cost_usd IS NULL THEN u.llm_calls ELSE 0 END), {_KIND_SUM}
 FROM usage u JOIN sessions s ON s.session_key = u.session_key GROUP BY 1, 2, 3, 4, 5;
 """
 
@@ -128,7 +150,8 @@ def _statements(script: str) -> list[str]:
 
 _GROUP = {"day": "spent_date", "project": "project_id", "agent": "agent_id", "model": "model"}
 _SUMS = ("sessions", "active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens",
-         "output_tokens", "cost_usd", "billed_cost", "unknown", "priced_part", "unpriced_calls", "with_usage")
+         "output_tokens", "cost_usd", "billed_cost", "unknown", "priced_part", "unpriced_calls", "with_usage",
+         *KINDS)
 
 
 def day_boundary(since: float | None) -> str | None:
@@ -167,7 +190,7 @@ def merge(groups: dict[str, dict[str, Any]], ended: dict[str, dict[str, Any]], b
             if by == "model":
                 row.update(active_seconds=None, hours=None, tool_calls=None, errors=None, billed_cost=None)
         row["_ended"] = row.get("_ended", 0) + sums["sessions"]
-        columns = ("llm_calls", "input_tokens", "output_tokens") if by == "model" else (
+        columns = ("llm_calls", "input_tokens", "output_tokens", *KINDS) if by == "model" else (
             "active_seconds", "hours", "llm_calls", "tool_calls", "errors", "input_tokens", "output_tokens")
         for column in columns:
             row[column] += sums[column]

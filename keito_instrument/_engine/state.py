@@ -236,6 +236,8 @@ class LiveSession:
             "billed_cost": None if cost is None else float(billed_amount(Decimal(str(cost)), settings)),
             "usage": [
                 {"model": name.split(_SEP, 1)[0], "input_tokens": int(slot[0]), "output_tokens": int(slot[1]),
+                 "cache_read_tokens": int(slot[2]), "cache_write_tokens": int(slot[3]),
+                 "reasoning_tokens": int(slot[4]), "details": slot[11] if len(slot) > 11 else None,
                  "llm_calls": int(slot[5]), "cost_usd": None if slot[9] or slot[7] else float(Decimal(slot[8]))}
                 for name, slot in self.usage.items()
             ],

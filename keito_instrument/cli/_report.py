@@ -22,6 +22,13 @@ _COLUMNS = ("sessions", "open", "active_seconds", "hours", "llm_calls", "tool_ca
             "output_tokens", "cost_usd", "billed_cost", "unpriced_calls")
 # cost_usd is the cost of the priced calls; unpriced_calls counts the calls of a model with no
 # known price (their session's expense is sent in units of thousands of tokens instead).
+# `--by model` adds the tokens by kind (parts of input or output; web searches are a count).
+KINDS = daily.KINDS
+
+
+def columns(by: str) -> tuple[str, ...]:
+    """The columns of the report's rows for one grouping."""
+    return (*_COLUMNS, *KINDS) if by == "model" else _COLUMNS
 
 
 def since_arg(text: str) -> float:
@@ -81,8 +88,8 @@ def summarise(by: str, since: float | None = None, include_open: bool = True
         still_open |= row["_open"]
         row["sessions"] = len(row.pop("_sessions")) + row.pop("_ended", 0)
         row["open"] = len(row.pop("_open"))
-        rows.append({"group": name, **{c: row[c] for c in _COLUMNS}})
-    total = totals(rows)
+        rows.append({"group": name, **{c: row[c] for c in columns(by)}})
+    total = totals(rows, columns(by))
     total["sessions"], total["open"] = len(every) + (compact[1] if compact else 0), len(still_open)
     return rows, total
 
@@ -96,6 +103,10 @@ def _by_model(usages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             row["_open"].add(usage["session_key"])
         for column in ("llm_calls", "input_tokens", "output_tokens"):
             row[column] += usage[column]
+        kinds = usage.get("details")
+        kinds = json.loads(kinds) if isinstance(kinds, str) else kinds or {}
+        for column in KINDS:
+            row[column] += int(usage.get(column) or kinds.get(column) or 0)
         if usage["cost_usd"] is None:
             row["unpriced_calls"] += usage["llm_calls"]
         else:
@@ -137,16 +148,16 @@ def _by_session(by: str, ended: list[dict[str, Any]], live: list[dict[str, Any]]
 
 
 def _empty() -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(_COLUMNS, 0)
+    row: dict[str, Any] = dict.fromkeys((*_COLUMNS, *KINDS), 0)
     row.update(_sessions=set(), _open=set(), cost_usd=0.0, billed_cost=0.0)
     return row
 
 
-def totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def totals(rows: Iterable[dict[str, Any]], names: tuple[str, ...] = _COLUMNS) -> dict[str, Any]:
     """The totals row (sessions are counted once even when grouped by model)."""
     out: dict[str, Any] = {"group": "TOTAL"}
     rows = list(rows)
-    for column in _COLUMNS:
+    for column in names:
         values = [r[column] for r in rows]
         out[column] = None if any(v is None for v in values) else round(sum(values), 8)
     return out
@@ -193,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.format == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["group", *_COLUMNS], lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=["group", *columns(args.by)], lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: plain_number(v) for k, v in row.items()} for row in rows)
         sys.stdout.write(buffer.getvalue())
@@ -201,11 +212,31 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("No billable sessions in the ledger yet.", file=sys.stderr)
         return 0
+    if args.by == "model":
+        sys.stdout.write(_model_table(rows, total))
+        return 0
     header = [args.by, "sessions", "open", "active", "hours", "LLM calls", "tools", "errors", "input tok", "output tok",
               "cost (USD)", f"billed ({get_settings().currency})"]
     body = [_cells(r) for r in [*rows, total]]
     sys.stdout.write(render_table(header, body, footer_rows=1))
     return 0
+
+
+_KIND_HEADERS = {"cache_read_tokens": "cache read", "cache_write_tokens": "cache write",
+                 "cache_write_1h_tokens": "of it 1h", "reasoning_tokens": "reasoning",
+                 "input_audio_tokens": "audio in", "input_image_tokens": "image in",
+                 "output_audio_tokens": "audio out", "web_searches": "searches"}
+
+
+def _model_table(rows: list[dict[str, Any]], total: dict[str, Any]) -> str:
+    """Per model: calls, tokens by kind (a kind no model used is left out) and cost: the audit view."""
+    kinds = [k for k in KINDS if k in ("cache_read_tokens", "cache_write_tokens") or total.get(k)]
+    header = ["model", "sessions", "LLM calls", "input tok", *(_KIND_HEADERS[k] for k in kinds), "output tok",
+              "cost (USD)"]
+    body = [[str(r["group"]), f"{r['sessions']:,}", f"{r['llm_calls']:,}", f"{r['input_tokens']:,}",
+             *(f"{r[k]:,}" for k in kinds), f"{r['output_tokens']:,}", _fmt_cost(r["cost_usd"], r["unpriced_calls"])]
+            for r in [*rows, total]]
+    return render_table(header, body, footer_rows=1)
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
