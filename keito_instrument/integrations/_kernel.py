@@ -1,0 +1,179 @@
+"""What every adapter shares: option checks, version floors, the instrument/uninstrument pattern,
+recording a provider call once across layers.
+
+Framework-free: nothing here imports a framework. Adapters build on it so that a new integration
+touches only its own subpackage (see docs/adapters.md).
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from .._provider_usage import usage_kwargs
+
+# The session settings an adapter accepts where the user constructs it or calls `instrument()`.
+SESSION_OPTIONS = frozenset(
+    {"session_id", "project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable", "notes",
+     "metadata"}
+)
+
+
+def check_options(where: str, options: Mapping[str, Any], allowed: frozenset[str] = SESSION_OPTIONS) -> None:
+    """Raise `TypeError` naming an option `where` does not take (a typo would otherwise bill nothing)."""
+    unknown = sorted(set(options) - allowed)
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, sorted(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(sorted(allowed))}"
+    raise TypeError(f"{where} got an unexpected option {name!r}{hint}")
+
+
+def require_version(framework: str, distribution: str, minimum: tuple[int, ...], extra: str) -> None:
+    """Raise `ImportError` with the install line when `distribution` is older than `minimum`."""
+    from importlib import metadata
+
+    try:
+        found = metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        raise ImportError(
+            f"keito-instrument's {framework} integration needs {distribution}: "
+            f'pip install "keito-instrument[{extra}]"'
+        ) from None
+    if _parse(found) < minimum:
+        wanted = ".".join(map(str, minimum))
+        raise ImportError(
+            f"keito-instrument's {framework} integration needs {distribution} >= {wanted}, found {found}: "
+            f'pip install -U "keito-instrument[{extra}]"'
+        )
+
+
+def _parse(version: str) -> tuple[int, ...]:
+    """'1.66.0' -> (1, 66, 0); '0.66b1' -> (0, 66): the release numbers, up to the first non-digit."""
+    import re
+
+    return tuple(int(n) for n in re.findall(r"\d+", re.match(r"[\d.]*", version).group(0))[:3])  # type: ignore[union-attr]
+
+
+class Switch:
+    """One adapter's on/off state: `instrument()` installs once, `uninstrument()` reverses it.
+
+    `install` returns the handle to keep (a listener, a processor, the patches made); `remove`
+    undoes it. Both run under a lock, so concurrent `instrument()` calls install once.
+    """
+
+    def __init__(self, install: Callable[..., Any], remove: Callable[[Any], None]) -> None:
+        self._install, self._remove = install, remove
+        self._lock = threading.Lock()
+        self.handle: Any = None
+
+    def on(self, *args: Any, **kwargs: Any) -> Any:
+        """Install (once) and return the handle."""
+        with self._lock:
+            if self.handle is None:
+                self.handle = self._install(*args, **kwargs)
+            return self.handle
+
+    def off(self) -> None:
+        """Remove what `on` installed (a no-op when off)."""
+        with self._lock:
+            handle, self.handle = self.handle, None
+            if handle is not None:
+                self._remove(handle)
+
+    @property
+    def is_on(self) -> bool:
+        """Whether the adapter is installed."""
+        return self.handle is not None
+
+
+# -- counted once across layers -------------------------------------------------------------------
+# A framework adapter (LangChain's handler, the Agents SDK's processor) that will record a model
+# call itself marks the context while the call runs; a client hook (the OpenAI or Anthropic
+# client) seeing the mark leaves the call to it. The framework layer wins: it knows the session.
+_framework_call: ContextVar[str | None] = ContextVar("keito_framework_call", default=None)
+
+
+@contextmanager
+def framework_call(name: str) -> Iterator[None]:
+    """Mark the current context as inside a model call that adapter `name` records itself."""
+    token = _framework_call.set(name)
+    try:
+        yield
+    finally:
+        _framework_call.reset(token)
+
+
+def mark_framework_call(name: str | None) -> Any:
+    """Set (or with None clear) the mark without a `with` block; returns the token to `reset_mark`."""
+    return _framework_call.set(name)
+
+
+def reset_mark(token: Any) -> None:
+    """Undo `mark_framework_call`."""
+    try:
+        _framework_call.reset(token)
+    except ValueError:  # (reset from another context: clear it instead)
+        _framework_call.set(None)
+
+
+def in_framework_call() -> str | None:
+    """The adapter recording the model call running in this context, if any."""
+    return _framework_call.get()
+
+
+class Seen:
+    """Provider response ids already billed (bounded by count and age): the second layer to see
+    one call, in any session or trace, skips it."""
+
+    def __init__(self, max_ids: int = 65_536, max_age: float = 3600.0) -> None:
+        self._ids: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_ids, self._max_age = max_ids, max_age
+
+    def claim(self, response_id: str | None) -> bool:
+        """True the first time `response_id` is claimed (always True for None: nothing to match)."""
+        if not response_id:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if response_id in self._ids:
+                return False
+            self._ids[response_id] = now
+            while self._ids and (len(self._ids) > self._max_ids
+                                 or now - next(iter(self._ids.values())) > self._max_age):
+                self._ids.popitem(last=False)
+        return True
+
+
+seen = Seen()
+
+
+def record_provider_call(
+    model: str | None,
+    provider: str,
+    usage: Any,
+    *,
+    flavor: str | None = None,
+    response_id: str | None = None,
+    session: Any = None,
+) -> bool:
+    """Count one model call from a provider's usage block: into `session` if given, else the
+    current session (or on its own, as `keito.record_llm_call` does). No usage block: the call
+    is counted with `usage_missing`, never as zero. Returns False when another layer had it."""
+    if not seen.claim(response_id):
+        return False
+    found = usage_kwargs(usage, flavor)
+    kwargs: dict[str, Any] = found if found is not None else {"usage_missing": True}
+    if session is not None:
+        return bool(session.record_llm_call(model or "unknown", provider, call_id=response_id, **kwargs))
+    from .. import record_llm_call
+
+    return bool(record_llm_call(model or "unknown", provider, call_id=response_id, **kwargs))

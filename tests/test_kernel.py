@@ -1,0 +1,57 @@
+"""The adapter kernel: option checks, version floors, the on/off switch, counted once across layers."""
+
+from __future__ import annotations
+
+import pytest
+
+import keito_instrument as keito
+from keito_instrument._spool import Spool
+from keito_instrument.integrations import _kernel as kernel
+
+
+def test_an_unknown_option_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match=r"'projet_id'.*did you mean 'project_id'"):
+        kernel.check_options("KeitoCallbackHandler()", {"projet_id": "p"})
+    with pytest.raises(TypeError, match=r"'colour'.*it takes"):
+        kernel.check_options("instrument()", {"colour": "red"})
+    kernel.check_options("instrument()", {"project_id": "p", "metadata": {}})
+
+
+def test_a_missing_or_old_framework_names_the_install_line() -> None:
+    with pytest.raises(ImportError, match=r'pip install "keito-instrument\[nope\]"'):
+        kernel.require_version("Nope", "no-such-distribution-keito", (1,), "nope")
+    with pytest.raises(ImportError, match=r"pytest >= 999.0, found"):
+        kernel.require_version("pytest", "pytest", (999, 0), "test")
+    kernel.require_version("pytest", "pytest", (1,), "test")
+
+
+def test_the_switch_installs_once_and_reverses() -> None:
+    calls: list[str] = []
+    switch = kernel.Switch(lambda: calls.append("on") or "handle", lambda handle: calls.append(f"off {handle}"))
+    assert switch.on() == switch.on() == "handle" and switch.is_on
+    switch.off()
+    switch.off()
+    assert calls == ["on", "off handle"] and not switch.is_on
+
+
+def test_a_response_seen_by_two_layers_is_billed_once(ledger: Spool) -> None:
+    usage = {"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 60}}
+    with keito.session(session_id="layers"):
+        assert kernel.record_provider_call("gpt-4o-mini", "openai", usage, response_id="chatcmpl-1")
+        assert not kernel.record_provider_call("gpt-4o-mini", "openai", usage, response_id="chatcmpl-1")
+        assert kernel.record_provider_call("gpt-4o-mini", "openai", None, response_id="chatcmpl-2")
+    assert keito.flush(5.0)
+    [row] = ledger.sessions()
+    assert (row["llm_calls"], row["input_tokens"]) == (2, 100)
+    [expense] = [r["payload"]["metadata"] for r in ledger.records() if r["kind"] == "expense"]
+    assert expense["cache_read_tokens"] == 60 and expense["usage_missing"] == 1
+
+
+def test_the_framework_mark_is_scoped_to_its_context() -> None:
+    assert kernel.in_framework_call() is None
+    with kernel.framework_call("langchain"):
+        assert kernel.in_framework_call() == "langchain"
+    token = kernel.mark_framework_call("agents")
+    assert kernel.in_framework_call() == "agents"
+    kernel.reset_mark(token)
+    assert kernel.in_framework_call() is None
