@@ -13,8 +13,12 @@ from .._guard import guard
 
 _log = logging.getLogger("keito_instrument")
 
-# adapter module -> the import that proves its framework is installed
-ADAPTERS = {"langchain": "langchain_core", "crewai": "crewai"}
+# adapter module -> the import that proves its framework is installed (one line each, in the
+# order `keito.instrument()` enables them)
+ADAPTERS = {
+    "langchain": "langchain_core",
+    "crewai": "crewai",
+}
 
 
 def instrument_all() -> list[str]:
