@@ -55,3 +55,20 @@ def test_the_framework_mark_is_scoped_to_its_context() -> None:
     assert kernel.in_framework_call() == "agents"
     kernel.reset_mark(token)
     assert kernel.in_framework_call() is None
+
+
+def test_every_adapter_names_a_misspelt_option() -> None:
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("crewai")
+    from keito_instrument.integrations import crewai as keito_crewai
+    from keito_instrument.integrations.langchain import KeitoCallbackHandler
+    from keito_instrument.integrations.otel import KeitoSpanProcessor
+
+    with pytest.raises(TypeError, match=r"KeitoCallbackHandler\(\).*'projet_id'.*'project_id'"):
+        KeitoCallbackHandler(projet_id="p")
+    with pytest.raises(TypeError, match=r"KeitoSpanProcessor\(\).*'agent'"):
+        KeitoSpanProcessor(agent="a")
+    with pytest.raises(TypeError, match=r"'taks_id'.*'task_id'"):
+        keito_crewai.KeitoCrewListener(taks_id="t")
+    KeitoCallbackHandler(project_id="p", idle_timeout=60)  # the documented settings still work

@@ -49,6 +49,7 @@ from ._crewai_events import (
     CrewEvent,
     KickoffAssembler,
 )
+from ._kernel import check_options
 
 __all__ = ["KeitoCrewListener", "instrument", "is_instrumented", "uninstrument"]
 
@@ -332,9 +333,7 @@ class KeitoCrewListener:
 
 def _check(options: Mapping[str, Any]) -> None:
     # A misspelt option would otherwise fail inside a handler, where errors are only logged.
-    unknown = sorted(set(options) - OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown keito session option(s) {unknown}; expected some of {sorted(OPTIONS)}")
+    check_options("keito_instrument.integrations.crewai", options, OPTIONS)
 
 
 def _text(value: object) -> str | None:

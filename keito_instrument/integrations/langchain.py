@@ -26,6 +26,7 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
+from ._kernel import SESSION_OPTIONS, check_options
 from ._langchain_usage import (
     Call,
     CallUsage,
@@ -57,6 +58,7 @@ from ._langchain_instrument import _TRUE, ENV_VAR, instrument, is_instrumented, 
 __all__ = ["ENV_VAR", "KeitoCallbackHandler", "instrument", "is_instrumented", "uninstrument"]
 
 _EMPTY: Mapping[str, Any] = {}
+_HANDLER_OPTIONS = (SESSION_OPTIONS - {"session_id"}) | {"idle_timeout"}
 _Meta = Mapping[str, Any] | None
 
 # One guard per kind of hook. Hooks call the guard's own protocol from an `except` clause
@@ -118,6 +120,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
         super().__init__()
         if close not in (None, "runs", "idle"):
             raise ValueError(f"close must be 'runs' or 'idle', got {close!r}")
+        check_options("KeitoCallbackHandler()", session_settings, _HANDLER_OPTIONS)
         self.session_id = session_id
         self.close = close
         self.session_settings: dict[str, Any] = {k: v for k, v in session_settings.items() if v is not None}

@@ -36,6 +36,7 @@ from .. import adapters as _api
 from ..adapters import Run, Session, guard
 from . import _otel_attrs as attrs
 from . import missing_extra
+from ._kernel import check_options
 
 try:
     from opentelemetry import baggage
@@ -119,9 +120,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
 
     def __init__(self, *, max_traces: int = 10_000, max_trace_age: float = 3600.0,
                  first_trace_timeout: float | None = FIRST_TRACE_TIMEOUT, **session_settings: Any):
-        unknown = set(session_settings) - _SESSION_OPTIONS
-        if unknown:
-            raise TypeError(f"KeitoSpanProcessor got unknown session settings: {sorted(unknown)}")
+        check_options("KeitoSpanProcessor()", session_settings, _SESSION_OPTIONS)
         if first_trace_timeout is not None and not first_trace_timeout > 0:
             raise ValueError(f"KeitoSpanProcessor: first_trace_timeout must be > 0 seconds or None, "
                              f"got {first_trace_timeout!r}")
