@@ -4,11 +4,20 @@ The classification separates what a retry policy needs: "refused" (nothing reach
 or the server certainly did nothing: retry the POST), "ambiguous" (the record may have been
 stored: reconcile by listing before any retry), "dead" (refused for good) and "pause" (the key
 or its permissions are wrong: stop sending until the settings change).
+
+Every request is defended against a hostile or broken server: it waits for its turn with the
+client's `Pacer` (rate limits), the whole exchange (connecting, sending, waiting, reading the
+body) must end within the client's `deadline`, the body is read up to a cap (`ANSWER_CAP` for
+answers to POSTs and errors, `LIST_ANSWER_CAP` for list pages) and what is kept of a server's
+text is redacted and cut (redact.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import platform
+import zlib
 from typing import Any
 
 import httpx
@@ -16,13 +25,19 @@ import httpx
 from .._config import Settings
 from .._forksafe import section
 from .._version import __version__
+from .pacing import Deferred, Pacer
 from .policy import PAUSE, RETRY_AMBIGUOUS, RETRY_REFUSED, Outcome, parse_retry_after
+from .redact import clean, install_log_filter, secrets_of
 
 __all__ = [
+    "ANSWER_CAP",
+    "LIST_ANSWER_CAP",
+    "KeitoClient",
     "ListError",
     "Outcome",
     "classify_error",
     "classify_response",
+    "encode",
     "error_reason",
     "headers",
     "list_record_ids",
@@ -33,7 +48,13 @@ __all__ = [
 USER_AGENT = f"keito-instrument/{__version__} (python {platform.python_version()}; httpx {httpx.__version__})"
 LIST_PAGE_SIZE = 2000
 MAX_LIST_PAGES = 1000
-_REASON_MAX = 500
+# A created record's echo or an error body is a few KB. A list page holds LIST_PAGE_SIZE items of
+# at most 4 KB of metadata plus their fields: under 16 MiB by construction.
+ANSWER_CAP = 1 << 20
+LIST_ANSWER_CAP = 16 << 20
+# httpx's timeouts name the step that was too slow (a connect timeout: nothing was sent), so they
+# should fire first; the whole-request deadline is for answers that arrive a byte at a time.
+DEADLINE_FACTOR = 2.0
 
 
 class ListError(Exception):
@@ -49,6 +70,7 @@ def headers(settings: Settings) -> dict[str, str]:
     result = {
         "User-Agent": USER_AGENT,
         "Accept": "application/json",
+        "Accept-Encoding": "gzip",  # the only coding read with a bound on the decoded size
         "Content-Type": "application/json",
     }
     if settings.api_key:
@@ -58,11 +80,32 @@ def headers(settings: Settings) -> dict[str, str]:
     return result
 
 
-def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """A keep-alive pool sized for `max_concurrency` parallel requests."""
+class KeitoClient(httpx.AsyncClient):
+    """An `httpx.AsyncClient` with what all the exporter's requests share: the pacer and the deadline.
+
+    Args:
+        deadline: seconds each request may take in all, body included (httpx's own timeouts
+            bound each read only: a server trickling a byte at a time never trips them).
+        pacer: the rate-limit brakes (a fresh one by default).
+    """
+
+    def __init__(self, *, deadline: float, pacer: Pacer | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deadline = deadline
+        self.pacer = pacer if pacer is not None else Pacer()
+
+
+def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> KeitoClient:
+    """A keep-alive pool sized for `max_concurrency` parallel requests.
+
+    `request_timeout` bounds each step (connecting, each read, each write, a free connection),
+    and each request as a whole ends within DEADLINE_FACTOR times it, its body included.
+    """
     limit = settings.max_concurrency
+    install_log_filter([settings.api_key] if settings.api_key else [])
     with section():  # building the SSL context takes OpenSSL's locks: never fork half-way
-        return httpx.AsyncClient(
+        return KeitoClient(
+            deadline=settings.request_timeout * DEADLINE_FACTOR,
             base_url=settings.base_url,
             headers=headers(settings),
             timeout=httpx.Timeout(settings.request_timeout),
@@ -72,8 +115,19 @@ def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
         )
 
 
+def _request_secrets(response: httpx.Response) -> list[str]:
+    try:
+        return secrets_of(response.request.headers)
+    except RuntimeError:  # a Response built without its request
+        return []
+
+
 def error_reason(response: httpx.Response) -> str:
-    """'422 bad request: hours must be <= 24' from Keito's Harvest-style error body (never the request)."""
+    """'422 bad request: hours must be <= 24' from Keito's Harvest-style error body (never the request).
+
+    Redacted (no credential the request carried, no key-shaped text) and cut to a few hundred
+    characters: it is stored as the record's `last_error` and shown by `status` and `doctor`.
+    """
     detail = ""
     try:
         body = response.json()
@@ -87,7 +141,7 @@ def error_reason(response: httpx.Response) -> str:
             label = label.get("code")
         detail = ": ".join(str(part) for part in (label, desc) if part)
     text = f"{response.status_code} {detail or response.reason_phrase}".strip()
-    return text[:_REASON_MAX]
+    return clean(text, _request_secrets(response))
 
 
 def classify_response(response: httpx.Response) -> Outcome:
@@ -98,7 +152,7 @@ def classify_response(response: httpx.Response) -> Outcome:
         try:
             body = response.json()
             if isinstance(body, dict) and body.get("id") is not None:
-                remote_id = str(body["id"])
+                remote_id = clean(str(body["id"]), _request_secrets(response))
         except ValueError:
             pass
         return Outcome("delivered", remote_id=remote_id, status=status)
@@ -112,7 +166,8 @@ def classify_response(response: httpx.Response) -> Outcome:
         return Outcome("pause", reason=reason, status=status)
     if 300 <= status < 400:  # a wrong base URL (http vs https, a proxy): a setting to fix, not the record
         where = response.headers.get("Location", "elsewhere")
-        return Outcome("pause", reason=f"{status} redirected to {where}: check base_url", status=status)
+        text = f"{status} redirected to {where}: check base_url"
+        return Outcome("pause", reason=clean(text, _request_secrets(response)), status=status)
     return Outcome("dead", reason=reason, status=status)
 
 
@@ -127,13 +182,142 @@ def classify_error(exc: httpx.HTTPError) -> Outcome:
     return Outcome("retry", ambiguous=True, reason=f"{name}: no answer after sending", timed_out=timed_out)
 
 
+def encode(payload: dict[str, Any]) -> bytes:
+    """The request body: strict JSON (no NaN or infinities) in UTF-8.
+
+    Raises:
+        ValueError: a value JSON cannot carry (NaN, an infinity, a lone surrogate, a cycle).
+        TypeError: a value that is not JSON data.
+    """
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
 async def post(client: httpx.AsyncClient, path: str, payload: dict[str, Any]) -> Outcome:
-    """POST one record; never raises for HTTP or network failures."""
+    """POST one record; never raises for HTTP or network failures.
+
+    A payload that cannot be encoded is a dead letter (it could never be sent), with the reason.
+    """
     try:
-        response = await client.post(path, json=payload)
+        content = encode(payload)
+    except (ValueError, TypeError, RecursionError) as exc:
+        reason = f"the record cannot be encoded as JSON ({type(exc).__name__}: {exc}); it was not sent"
+        return Outcome("dead", reason=clean(reason))
+    answer = await exchange(client, "POST", path, ANSWER_CAP, content=content)
+    return answer if isinstance(answer, Outcome) else classify_response(answer)
+
+
+class _Progress:
+    """Whether the request's headers started to leave (httpcore's trace events)."""
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.answered = False
+
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
+        if "send_request_headers" in name:
+            self.sent = True
+
+
+async def exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    cap: int,
+    *,
+    content: bytes | None = None,
+    params: dict[str, Any] | None = None,
+) -> httpx.Response | Outcome:
+    """One request, paced, within the client's deadline, its body read up to `cap` bytes.
+
+    Returns the answer, fully read, or the Outcome of a failure: a network error, the deadline,
+    an answer larger than `cap` (ambiguous: a POST may have been stored), or "release" when the
+    rate limit's next turn is too far away to hold the request.
+    """
+    pacer: Pacer | None = getattr(client, "pacer", None)
+    if pacer is not None:
+        try:
+            await pacer.wait()
+        except Deferred as exc:
+            return Outcome("release", retry_after=exc.wait, reason=str(exc))
+    deadline = _deadline(client)
+    progress = _Progress()
+    request = client.build_request(method, path, content=content, params=params, extensions={"trace": progress.trace})
+    try:
+        async with asyncio.timeout(deadline):
+            return await _send_capped(client, request, cap, pacer, progress)
     except httpx.HTTPError as exc:
         return classify_error(exc)
-    return classify_response(response)
+    except TimeoutError:
+        if not progress.sent:
+            return Outcome("retry", reason=f"no connection within the {deadline:g} s deadline")
+        reason = f"no complete answer within the {deadline:g} s deadline"
+        return Outcome("retry", ambiguous=True, reason=reason, timed_out=True)
+    finally:
+        if pacer is not None and not progress.answered:
+            pacer.abandon()
+
+
+def _deadline(client: httpx.AsyncClient) -> float:
+    deadline = getattr(client, "deadline", None)
+    if isinstance(deadline, (int, float)):
+        return float(deadline)
+    return float(client.timeout.read or 30.0)
+
+
+async def _send_capped(
+    client: httpx.AsyncClient, request: httpx.Request, cap: int, pacer: Pacer | None, progress: _Progress
+) -> httpx.Response | Outcome:
+    response = await client.send(request, stream=True)
+    try:
+        progress.answered = True
+        if pacer is not None:
+            pacer.observe(response.status_code, response.headers)
+        body, problem = await read_capped(response, cap)
+    finally:
+        await response.aclose()
+    status = response.status_code
+    if body is None:
+        return Outcome("retry", ambiguous=True, status=status, reason=f"{status}: {problem}; not read")
+    plain = {k: v for k, v in response.headers.items() if k.lower() not in _BODY_HEADERS}
+    reason_phrase = response.extensions.get("reason_phrase", b"")
+    return httpx.Response(
+        status, headers=plain, content=body, request=request, extensions={"reason_phrase": reason_phrase}
+    )
+
+
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
+    """The body of a streamed answer, decoded, or (None, why) once it is larger than `cap` bytes.
+
+    Reads the raw stream and decodes gzip itself with a bound on the output, so a small
+    compressed body cannot expand past the cap in memory either.
+    """
+    declared = response.headers.get("Content-Length", "")
+    too_large = f"the answer is larger than {cap // (1 << 20) or cap} {'MiB' if cap >= 1 << 20 else 'bytes'}"
+    if declared.isdigit() and int(declared) > cap:
+        return None, too_large
+    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("identity", "gzip", ""):
+        return None, f"the answer's Content-Encoding {clean(coding, limit=40)!r} is not supported"
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if coding == "gzip" else None
+    chunks: list[bytes] = []
+    size = 0
+    async for raw in response.aiter_raw():
+        data = raw
+        if inflate is not None:
+            try:
+                data = inflate.decompress(raw, cap - size + 1)
+            except zlib.error:
+                return None, "the answer is not valid gzip"
+            if inflate.unconsumed_tail:  # more output than the cap allows
+                return None, too_large
+        size += len(data)
+        if size > cap:
+            return None, too_large
+        chunks.append(data)
+    return b"".join(chunks), ""
 
 
 async def list_record_ids(
@@ -142,9 +326,10 @@ async def list_record_ids(
     """Every agent record of one day (and project) at `path`: {metadata.record_id: remote id}.
 
     Raises:
-        ListError: a page could not be fetched (network failure or an error status), was not
-            Keito's pagination envelope, or there were more than MAX_LIST_PAGES pages: the
-            listing is incomplete, so nothing may be taken as "not delivered".
+        ListError: a page could not be fetched (network failure, the deadline, an error status,
+            a page larger than LIST_ANSWER_CAP), was not Keito's pagination envelope, or there
+            were more than MAX_LIST_PAGES pages: the listing is incomplete, so nothing may be
+            taken as "not delivered".
     """
     key = "expenses" if path.rstrip("/").endswith("expenses") else "time_entries"
     params: dict[str, Any] = {
@@ -160,21 +345,7 @@ async def list_record_ids(
     while True:
         if page > MAX_LIST_PAGES:  # a partial listing must never count as "not found": that re-POSTs
             raise ListError(Outcome("retry", reason=f"the listing has more than {MAX_LIST_PAGES} pages"))
-        try:
-            response = await client.get(path, params={**params, "page": page})
-        except httpx.HTTPError as exc:
-            raise ListError(classify_error(exc)) from None
-        if response.status_code != 200:
-            raise ListError(classify_response(response))
-        try:
-            body = response.json()
-        except ValueError:
-            raise ListError(Outcome("retry", reason="200: the list answer is not JSON")) from None
-        items = body.get(key) if isinstance(body, dict) else None
-        total_pages = body.get("total_pages", 1) if isinstance(body, dict) else None
-        if not isinstance(items, list) or not isinstance(total_pages, int) or isinstance(total_pages, bool):
-            # Not Keito's envelope (a proxy's page, another API version): "not found" here would re-POST.
-            raise ListError(Outcome("retry", reason=f"200: the list answer is not a page of {key}"))
+        items, total_pages = await _list_page(client, path, key, {**params, "page": page})
         for item in items:
             meta = item.get("metadata") if isinstance(item, dict) else None
             if isinstance(meta, dict) and meta.get("record_id"):
@@ -182,3 +353,24 @@ async def list_record_ids(
         if page >= total_pages:
             return found
         page += 1
+
+
+async def _list_page(
+    client: httpx.AsyncClient, path: str, key: str, params: dict[str, Any]
+) -> tuple[list[Any], int]:
+    """(items, total_pages) of one page; raises ListError (see list_record_ids)."""
+    answer = await exchange(client, "GET", path, LIST_ANSWER_CAP, params=params)
+    if isinstance(answer, Outcome):
+        raise ListError(answer)
+    if answer.status_code != 200:
+        raise ListError(classify_response(answer))
+    try:
+        body = answer.json()
+    except ValueError:
+        raise ListError(Outcome("retry", reason="200: the list answer is not JSON")) from None
+    items = body.get(key) if isinstance(body, dict) else None
+    total_pages = body.get("total_pages", 1) if isinstance(body, dict) else None
+    if not isinstance(items, list) or not isinstance(total_pages, int) or isinstance(total_pages, bool):
+        # Not Keito's envelope (a proxy's page, another API version): "not found" here would re-POST.
+        raise ListError(Outcome("retry", reason=f"200: the list answer is not a page of {key}"))
+    return items, total_pages

@@ -79,6 +79,16 @@ class DeliveryCycle:
             self._verified = False
         return self._client
 
+    def _gate(self) -> float:
+        """No request starts before this: an auth pause, a Retry-After, a rate-limit window's reset."""
+        return max(self.paused_until, self._rate_gate())
+
+    def _rate_gate(self) -> float:
+        """The Retry-After and rate-limit part of the gate (a configure() does not lift it early)."""
+        pacer = getattr(self._client, "pacer", None)
+        blocked = pacer.blocked_until() if pacer is not None else 0.0
+        return max(self._not_before, blocked)
+
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -89,7 +99,7 @@ class DeliveryCycle:
         if settings.disabled or not settings.has_credentials:
             return False, None
         now = time.time()
-        gate = max(self.paused_until, self._not_before)
+        gate = self._gate()
         if now < gate:
             return False, gate
         spool = get_spool(settings.ledger_path)
@@ -140,8 +150,9 @@ class DeliveryCycle:
                 assert failure is not None
                 self._note(failure)
                 out = Outcome(
-                    "release" if failure.kind == "pause" else "retry",
+                    "release" if failure.kind in ("pause", "release") else "retry",
                     ambiguous=True,
+                    retry_after=failure.retry_after if failure.kind == "release" else None,
                     reason=f"reconcile: {failure.reason}",
                 )
                 results.extend((c, out, self._delay(failure, c, policy)) for c in groups[key])
@@ -178,11 +189,16 @@ class DeliveryCycle:
                 return rec, await attempt(rec)
 
         async def attempt(rec: Claimed) -> Outcome:
-            gate = max(self.paused_until, self._not_before)
-            if time.time() < gate or self._stopping:
+            if time.time() < self._gate() or self._stopping:
                 return Outcome("release", ambiguous=False)
-            out = await self._post(client, rec.path, rec.payload)
-            if out.status == 403 and self._verified:
+            try:
+                out = await self._post(client, rec.path, rec.payload)
+            except Exception as exc:  # a bug of ours must not keep the rest of the batch in 'sending'
+                report("exporter post", exc)
+                return Outcome("retry", ambiguous=True, reason=f"internal error: {type(exc).__name__}")
+            if out.status is None:
+                pass  # decided here (not encodable, deadline, network): says nothing about the key
+            elif out.status == 403 and self._verified:
                 # Keito has accepted this key and account: the refusal is about this record (a
                 # project the key may not use). A dead letter, rather than pausing everything; the
                 # next request probes alone, so a 403 for the whole account still pauses at once.
@@ -199,12 +215,15 @@ class DeliveryCycle:
                     # Released records: the exporter-wide gate holds them back; a Retry-After is
                     # also written to the record so that other processes sharing the spool respect it.
                     release = out.kind == "release"
-                    delay = (
-                        max(0.0, self._not_before - time.time()) if release else self._delay(out, rec, policy)
-                    )
+                    delay = max(0.0, self._rate_gate() - time.time()) if release else self._delay(out, rec, policy)
+                    if release and out.retry_after is not None:
+                        delay = max(delay, out.retry_after)
                     if out.kind == "dead":
                         _log.warning(
-                            "keito-instrument: Keito refused a %s record for good: %s", rec.kind, out.reason
+                            "keito-instrument: %s a %s record for good: %s",
+                            "Keito refused" if out.status is not None else "cannot send",
+                            rec.kind,
+                            out.reason,
                         )
                     results.append((rec, out, delay))
                 queue.finish(results)

@@ -108,6 +108,8 @@ def route(
     if auth is not None:
         return auth[0], auth[1], None
     fault = owner._take_fault(method, path)
+    if fault is not None and fault.kind in ("huge_body", "trickle", "stall", "echo_auth"):
+        return fault.status, fault, None  # written by KeitoTestServer._misbehave
     if fault is not None and fault.kind == "status":
         extra = {"Retry-After": fmt_seconds(fault.retry_after)} if fault.retry_after is not None else None
         return fault.status, error(label(fault.status), "injected fault"), extra

@@ -10,6 +10,8 @@ state (records, request log, faults) and its lifecycle; the HTTP layer and routi
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import socket
 import threading
 import time
@@ -20,9 +22,14 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._http import _Handler, _HTTPServer, read_request, route
-from ._resources import COLLECTIONS, list_page, new_item
+from ._resources import COLLECTIONS, error, label, list_page, new_item
 
-FaultKind = Literal["status", "drop_after_commit", "error_after_commit"]
+FaultKind = Literal[
+    "status", "drop_after_commit", "error_after_commit", "huge_body", "trickle", "stall", "echo_auth"
+]
+# Faults that answer instead of the server (nothing is stored), written by `_misbehave`.
+MISBEHAVIOURS = frozenset({"huge_body", "trickle", "stall", "echo_auth"})
+RateHeaders = Literal["x-ratelimit", "ratelimit"]
 
 
 @dataclass(frozen=True)
@@ -32,17 +39,40 @@ class Fault:
     Attributes:
         kind: "status" (answer `status` without storing anything), "drop_after_commit" (store the
             record, then close the connection without answering) or "error_after_commit" (store
-            it, then answer `status`, 500 by default).
+            it, then answer `status`, 500 by default). Hostile servers, storing nothing:
+            "huge_body" (answer `status` with a JSON error body of `size` bytes, no
+            Content-Length), "trickle" (send the status line and headers, then one byte of the
+            body every `interval` seconds for `seconds`), "stall" (answer nothing for `seconds`,
+            then close) and "echo_auth" (answer `status` with the request's Authorization header
+            in the error body, the status line and an `X-Echo-Authorization` header).
         status: the HTTP status sent.
         retry_after: the `Retry-After` header value in seconds, if any.
         methods: only requests with these methods consume the fault (None: any method; the
             commit faults only ever apply to creates).
+        size: the body size of "huge_body".
+        interval: the pause between bytes of "trickle".
+        seconds: how long "trickle" and "stall" hold the connection.
     """
 
     kind: FaultKind = "status"
     status: int = 503
     retry_after: float | None = None
     methods: tuple[str, ...] | None = None
+    size: int = 300 << 20
+    interval: float = 0.5
+    seconds: float = 30.0
+
+
+@dataclass
+class RateLimit:
+    """A fixed-window rate limit: `limit` requests per `window` seconds (see `set_rate_limit`)."""
+
+    limit: int
+    window: float
+    headers: RateHeaders | None = None
+    started: float = 0.0
+    used: int = 0
+    refused: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +127,7 @@ class KeitoTestServer:
         self.latency = 0.0
         self.fault_hook: Callable[[str, str], Fault | None] | None = None
         self._faults: list[tuple[Fault, int]] = []
+        self._rate: RateLimit | None = None
         self._lock = threading.RLock()
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -176,6 +207,32 @@ class KeitoTestServer:
         """Store the next `count` created records, then answer `status` (default 500)."""
         self._enqueue(Fault("error_after_commit", status, None, ("POST",)), count)
 
+    def misbehave_next(self, fault: Fault, count: int = 1) -> None:
+        """Answer the next `count` requests (of `fault.methods`) as a hostile server would: a
+        `Fault` of kind "huge_body", "trickle", "stall" or "echo_auth" (nothing is stored)."""
+        if fault.kind not in MISBEHAVIOURS:
+            raise ValueError(f"misbehave_next() takes a hostile fault kind, not {fault.kind!r}")
+        self._enqueue(fault, count)
+
+    def set_rate_limit(self, limit: int | None, window: float = 1.0, *, headers: RateHeaders | None = None) -> None:
+        """Allow `limit` API requests per `window` seconds (None: no limit, the default).
+
+        A window opens at the first request after the previous one ended. Past the limit the
+        server answers 429 with `Retry-After` (whole seconds until the window ends) and counts
+        it in `rate_limited`; refused requests do not use up the window. With `headers`, every
+        answer also carries the window's state: "x-ratelimit" sends `X-RateLimit-Limit`,
+        `-Remaining` and `-Reset` (a Unix time), "ratelimit" sends `RateLimit-Limit`,
+        `-Remaining` and `-Reset` (seconds). Keito documents only `Retry-After`.
+        """
+        with self._lock:
+            self._rate = None if limit is None else RateLimit(limit, window, headers)
+
+    @property
+    def rate_limited(self) -> int:
+        """How many requests the rate limit refused with a 429."""
+        rate = self._rate
+        return rate.refused if rate is not None else 0
+
     def set_latency(self, seconds: float) -> None:
         """Wait this long before handling each request (before anything is stored)."""
         self.latency = max(0.0, seconds)
@@ -197,7 +254,7 @@ class KeitoTestServer:
             for index, (fault, left) in enumerate(self._faults):
                 if fault.methods is not None and method not in fault.methods:
                     continue
-                if fault.kind != "status" and not (method == "POST" and path in COLLECTIONS):
+                if fault.kind.endswith("_commit") and not (method == "POST" and path in COLLECTIONS):
                     continue
                 if left <= 1:
                     del self._faults[index]
@@ -258,7 +315,12 @@ class KeitoTestServer:
         path, query, body, body_error = read_request(req)
         if self.latency:
             time.sleep(self.latency)
-        status, answer, extra = route(self, req, path, query, body, body_error)
+        allowed, rate_headers = self._check_rate(path)
+        if allowed:
+            status, answer, extra = route(self, req, path, query, body, body_error)
+        else:
+            status, answer, extra = 429, error("rate limited", "Too many requests"), None
+        extra = {**(extra or {}), **rate_headers} or None
         with self._lock:
             self.requests.append(
                 LoggedRequest(
@@ -273,8 +335,88 @@ class KeitoTestServer:
             )
         if status == 0:
             req.drop()
+        elif isinstance(answer, Fault):
+            self._misbehave(req, answer)
         else:
             req.reply(status, answer, extra)
+
+    def _check_rate(self, path: str) -> tuple[bool, dict[str, str]]:
+        """(allowed, the rate-limit headers to send) for one request."""
+        with self._lock:
+            rate = self._rate
+            if rate is None or not path.startswith("/api/v2/"):
+                return True, {}
+            now = time.monotonic()
+            if now >= rate.started + rate.window:
+                rate.started, rate.used = now, 0
+            reset = rate.started + rate.window - now
+            allowed = rate.used < rate.limit
+            if allowed:
+                rate.used += 1
+            else:
+                rate.refused += 1
+            sent: dict[str, str] = {} if allowed else {"Retry-After": str(max(1, math.ceil(reset)))}
+            if rate.headers is not None:
+                prefix = "X-RateLimit-" if rate.headers == "x-ratelimit" else "RateLimit-"
+                # X-RateLimit-Reset is a Unix time (as GitHub sends it), RateLimit-Reset seconds (IETF).
+                when = time.time() + reset if rate.headers == "x-ratelimit" else reset
+                sent[prefix + "Limit"] = str(rate.limit)
+                sent[prefix + "Remaining"] = str(rate.limit - rate.used)
+                sent[prefix + "Reset"] = str(math.ceil(when))
+            return allowed, sent
+
+    def _misbehave(self, req: _Handler, fault: Fault) -> None:
+        """Answer as a hostile server (see `Fault`); a client hanging up ends it."""
+        with contextlib.suppress(OSError):
+            if fault.kind == "stall":
+                self._hold(fault.seconds)
+                req.drop()
+            elif fault.kind == "echo_auth":
+                auth = req.headers.get("Authorization", "")
+                body = json.dumps(error(label(fault.status), f"upstream refused Authorization: {auth}")).encode()
+                req.send_response(fault.status, f"Refused {auth}")
+                req.send_header("X-Echo-Authorization", auth)
+                self._write_body(req, body)
+            else:
+                req.send_response(fault.status)
+                declared = None if fault.kind == "huge_body" else 1 << 20
+                self._stream(req, fault, declared)
+
+    def _write_body(self, req: _Handler, body: bytes) -> None:
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+        req.wfile.flush()
+
+    def _stream(self, req: _Handler, fault: Fault, declared: int | None) -> None:
+        req.send_header("Content-Type", "application/json")
+        if declared is None:
+            req.send_header("Connection", "close")  # the body ends when the connection does
+            req.close_connection = True
+        else:
+            req.send_header("Content-Length", str(declared))
+        req.end_headers()
+        if fault.kind == "huge_body":
+            head = b'{"error":"server error","error_description":"'
+            req.wfile.write(head)
+            chunk, left = b"a" * 65536, max(0, fault.size - len(head) - 2)
+            while left > 0 and self.running:
+                req.wfile.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+            req.wfile.write(b'"}')
+            return
+        deadline = time.monotonic() + fault.seconds
+        while time.monotonic() < deadline and self.running:
+            req.wfile.write(b" ")
+            req.wfile.flush()
+            time.sleep(fault.interval)
+        req.drop()
+
+    def _hold(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.running:
+            time.sleep(0.05)
 
     def _store(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
         item = new_item(collection, body)
