@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 
-COMMANDS = ("report", "status", "demo", "sync", "doctor", "prune")
+COMMANDS = ("report", "status", "demo", "sync", "doctor", "prune", "invoice")
 READ_ONLY = ("report", "status")  # they never create a ledger: a missing one is an error
 _LEDGER_HELP = "path of the ledger (default: KEITO_LEDGER or the user data dir)"
 

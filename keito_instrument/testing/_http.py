@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from . import _invoices
 from ._contract import check_expense, check_time_entry
 from ._resources import COLLECTIONS, error, fmt_seconds, label, me
 
@@ -115,6 +116,8 @@ def route(
         return fault.status, error(label(fault.status), "injected fault"), extra
     if path == "/api/v2/users/me" and method == "GET":
         return 200, me(owner.account_id, owner.read_only_key), None
+    if path == _invoices.INVOICES or path.startswith(_invoices.INVOICES + "/"):
+        return _invoices.route(owner, method, path, query, body, body_error, fault)
     collection = COLLECTIONS.get(path)
     if collection is None:
         if any(path.startswith(p + "/") for p in COLLECTIONS) and method == "GET":

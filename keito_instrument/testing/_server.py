@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._http import _Handler, _HTTPServer, read_request, route
+from ._invoices import INVOICES
 from ._resources import COLLECTIONS, error, label, list_page, new_item
 
 FaultKind = Literal[
@@ -123,6 +124,7 @@ class KeitoTestServer:
         self.read_only_key = read_only_key
         self.time_entries: list[dict[str, Any]] = []
         self.expenses: list[dict[str, Any]] = []
+        self.invoices: list[dict[str, Any]] = []  # see _invoices.py
         self.requests: list[LoggedRequest] = []
         self.latency = 0.0
         self.fault_hook: Callable[[str, str], Fault | None] | None = None
@@ -254,7 +256,8 @@ class KeitoTestServer:
             for index, (fault, left) in enumerate(self._faults):
                 if fault.methods is not None and method not in fault.methods:
                     continue
-                if fault.kind.endswith("_commit") and not (method == "POST" and path in COLLECTIONS):
+                creates = method == "POST" and (path in COLLECTIONS or path == INVOICES)
+                if fault.kind.endswith("_commit") and not creates:
                     continue
                 if left <= 1:
                     del self._faults[index]
@@ -307,6 +310,7 @@ class KeitoTestServer:
         with self._lock:
             self.time_entries.clear()
             self.expenses.clear()
+            self.invoices.clear()
             self.requests.clear()
         self.clear_faults()
 
