@@ -221,7 +221,7 @@ class Root:
 class Call:
     """One open model call: its root and what was seen at its start (read only if needed at its end)."""
 
-    __slots__ = ("born", "metadata", "params", "root", "streamed")
+    __slots__ = ("born", "mark", "metadata", "params", "root", "streamed")
 
     def __init__(self, root: Root, metadata: Mapping[str, Any] | None, params: object) -> None:
         self.root = root
@@ -229,6 +229,7 @@ class Call:
         self.metadata = metadata
         self.params = params
         self.streamed = False  # output began: a failure after this still cost a request
+        self.mark: object = None  # the kernel's framework-call mark, set while the call runs
 
 
 Entry = Root | Call

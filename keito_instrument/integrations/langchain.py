@@ -26,7 +26,7 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
-from ._kernel import SESSION_OPTIONS, check_options
+from ._kernel import SESSION_OPTIONS, check_options, mark_framework_call, reset_mark
 from ._langchain_usage import (
     Call,
     CallUsage,
@@ -216,11 +216,14 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             parent = _nodes.get(parent_run_id.int) if parent_run_id is not None else None
             if parent is not None:  # the hot path: a model call inside a chain, agent or graph
                 root = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
-                _table.add(key, Call(root, metadata, kwargs.get("invocation_params")))
+                call = Call(root, metadata, kwargs.get("invocation_params"))
+                _table.add(key, call)
+                call.mark = mark_framework_call("langchain")  # client hooks (OpenAI...) leave it to us
                 return
             root_or_none = self._start(run_id, parent_run_id, metadata)  # a model called on its own
             if root_or_none is not None:
-                _nodes[key] = Call(root_or_none, metadata, kwargs.get("invocation_params"))
+                call = _nodes[key] = Call(root_or_none, metadata, kwargs.get("invocation_params"))
+                call.mark = mark_framework_call("langchain")
         except Exception as exc:
             _swallow(_G_START, exc)
 
@@ -271,6 +274,8 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 self._record(call, response, run_id)
             finally:  # a bug in _record must not leave the run (and its session) open
                 _nodes.pop(key, None)
+                if call.mark is not None:
+                    reset_mark(call.mark)
                 if call.root.key == key and call.root.run is not None:
                     end_run(call.root.run)
         except Exception as exc:
@@ -377,6 +382,8 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                     elif stopped(error) or call.streamed:
                         self._record(call, LLMResult(generations=[]), run_id)
             finally:
+                if type(call) is Call and call.root.owner is self and call.mark is not None:
+                    reset_mark(call.mark)
                 self._finish(run_id, error)
         except Exception as exc:
             _swallow(_G_ERROR, exc)
