@@ -23,6 +23,7 @@ from ._api import (
     log_outcome,
     record_llm_call,
     session,
+    session_headers,
     shutdown,
     track_agent,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "log_outcome",
     "record_llm_call",
     "session",
+    "session_headers",
     "shutdown",
     "track_agent",
 ]

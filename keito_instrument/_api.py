@@ -10,7 +10,7 @@ from contextvars import Token
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from . import _pipeline
+from . import _baggage, _pipeline
 from ._config import get_settings
 from ._guard import guard, guarded
 from ._registry import current, new_session_id
@@ -18,6 +18,10 @@ from ._session import Run, Session, SessionOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 SessionId = str | Callable[..., str] | None
+# A session joined from another process's headers and used by one request only is billed this
+# long after it (as the OpenTelemetry processor does for a baggage-named trace); used by a second
+# request, it is a conversation, billed after `idle_timeout`.
+FIRST_JOIN_TIMEOUT = 120.0
 # Code flags (as in `inspect`, which is not imported: it costs more than the rest of the package).
 _CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
 
@@ -111,17 +115,17 @@ def get_session(session_id: str) -> Session | None:
 class _Scope:
     """One run, shared by the sync, async and generator forms of `track_agent` and `session()`."""
 
-    __slots__ = ("options", "run", "session_id", "token")
+    __slots__ = ("close", "options", "run", "session_id", "token")
 
-    def __init__(self, session_id: str | None, options: SessionOptions) -> None:
-        self.session_id, self.options = session_id, options
+    def __init__(self, session_id: str | None, options: SessionOptions, close: str = "runs") -> None:
+        self.session_id, self.options, self.close = session_id, options, close
         self.run: Run | None = None
         self.token: Token[Session | None] | None = None
 
     def begin(self) -> None:
         with guard("session start"):
             if not get_settings().disabled:
-                self.run = _pipeline.registry.begin_run(self.session_id, self.options)
+                self.run = _pipeline.registry.begin_run(self.session_id, self.options, close=self.close)
 
     def enter(self) -> None:
         if self.run is not None:
@@ -304,10 +308,25 @@ class session:
 
     Joins the enclosing open session, or the open session named by `session_id`; otherwise starts
     one that ends when the block exits. `s.session_id` is readable inside the block.
+
+    `from_headers` (a request's headers, e.g. made by `session_headers()` in the calling process)
+    joins the session named by their W3C baggage entry `keito.session_id`: the block is a part of
+    that session kept open across the requests this process serves for it, billed
+    `FIRST_JOIN_TIMEOUT` seconds after a single request or `idle_timeout` after the last of several
+    (or at `keito.end_session(id)`). Headers without the entry: as if none were given.
     """
 
-    def __init__(self, session_id: str | None = None, **options: Any) -> None:
-        self._scope = _Scope(session_id, _options(**options))
+    def __init__(
+        self, session_id: str | None = None, *, from_headers: Mapping[str, str] | None = None, **options: Any
+    ) -> None:
+        close = "runs"
+        if session_id is None and from_headers is not None:
+            with guard("session from_headers"):
+                session_id = _baggage.session_id_from(from_headers)
+                if session_id is not None:
+                    close = "idle"
+                    options.setdefault("first_run_timeout", FIRST_JOIN_TIMEOUT)
+        self._scope = _Scope(session_id, _options(**options), close)
 
     def __enter__(self) -> Session:
         self._scope.begin()
@@ -330,6 +349,21 @@ class session:
         self.__exit__(tp, exc, tb)
 
 
+@guarded("session_headers", default={})
+def session_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Outgoing request headers that carry the current session to another process.
+
+    Returns a copy of `headers` whose W3C `baggage` header also holds `keito.session_id=<id>`
+    (entries already there are kept); outside a session, an unchanged copy. The receiving
+    process joins with `keito.session(from_headers=request.headers)`, or through OpenTelemetry
+    baggage, which `KeitoSpanProcessor` reads.
+    """
+    enclosing = current_session()
+    if enclosing is None:
+        return dict(headers or {})
+    return _baggage.with_session(headers, enclosing.session_id)
+
+
 def _target(session_id: str | None) -> tuple[Session, bool]:
     """The session a record_* call goes to, and whether it is a one-off to end right away."""
     if session_id is not None:
@@ -339,9 +373,16 @@ def _target(session_id: str | None) -> tuple[Session, bool]:
         return _pipeline.registry.resolve(
             session_id, SessionOptions(), close="idle", join_current=False
         ), False
-    enclosing = current_session()
+    enclosing = current.get()
     if enclosing is not None:
-        return enclosing, False
+        if not enclosing.ended:
+            return enclosing, False
+        # Work the session started (a thread, a task) still running after it was ended
+        # explicitly: billed as a continuation under the same id and settings, not as a stray.
+        if enclosing.close == "idle":
+            return _pipeline.registry.resolve(enclosing.session_id, enclosing.options, close="idle",
+                                              join_current=False), False
+        return _pipeline.new_session(enclosing.session_id, enclosing.options), True
     return _pipeline.new_session(new_session_id(), SessionOptions()), True
 
 

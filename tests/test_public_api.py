@@ -11,7 +11,7 @@ import keito_instrument
 PUBLIC = {
     "Run", "Session", "Settings", "__version__", "begin_run", "configure", "current_session", "end_run",
     "end_session", "flush", "get_session", "get_settings", "instrument", "log_outcome", "record_llm_call",
-    "session", "shutdown", "track_agent",
+    "session", "session_headers", "shutdown", "track_agent",
 }
 
 

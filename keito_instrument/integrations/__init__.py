@@ -19,6 +19,7 @@ ADAPTERS = {
     "langchain": "langchain_core",
     "crewai": "crewai",
     "openai": "openai",
+    "threading": "threading",
 }
 
 
