@@ -20,6 +20,7 @@ ADAPTERS = {
     "crewai": "crewai",
     "openai": "openai",
     "threading": "threading",
+    "anthropic": "anthropic",
 }
 
 

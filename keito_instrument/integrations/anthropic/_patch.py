@@ -1,0 +1,176 @@
+"""The patches: the Messages resource classes' calls and the `messages.stream()` managers.
+
+Patching the classes (not client instances) covers every client, sync or async, made before or
+after `instrument()`, and `AnthropicBedrock` / `AnthropicVertex` too (they share the resources).
+Each wrapper calls the SDK's own method with the same arguments and returns its result object
+itself; it never catches the SDK's exceptions. The wrapper's own work (reading the usage,
+recording) runs under `guard`, so it never raises into the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from keito_instrument.adapters import current_session, guard
+
+from .. import _kernel
+from ._stream import PROVIDER, StreamCall, hook_stream
+
+# (module, class, attribute, kind): kind "call" / "acall" wraps a method returning a Message or a
+# stream; "enter" / "aenter" the stream helper's context manager entry, which returns a
+# MessageStream over a raw SDK stream, and "exit" / "aexit" its exit, which ends the call: a
+# MessageStream is kept by a reference cycle, so the end of a stream left early would otherwise
+# wait for the garbage collector. Targets an SDK version lacks are skipped.
+_MESSAGES = "anthropic.resources.messages.messages"
+_BETA = "anthropic.resources.beta.messages.messages"
+_HELPERS = "anthropic.lib.streaming"
+TARGETS = (
+    (_MESSAGES, "Messages", "create", "call"),
+    (_MESSAGES, "Messages", "parse", "call"),
+    (_MESSAGES, "AsyncMessages", "create", "acall"),
+    (_MESSAGES, "AsyncMessages", "parse", "acall"),
+    (_BETA, "Messages", "create", "call"),
+    (_BETA, "Messages", "parse", "call"),
+    (_BETA, "AsyncMessages", "create", "acall"),
+    (_BETA, "AsyncMessages", "parse", "acall"),
+    *((_HELPERS, manager, "__enter__", "enter") for manager in ("MessageStreamManager", "BetaMessageStreamManager")),
+    *((_HELPERS, manager, "__exit__", "exit") for manager in ("MessageStreamManager", "BetaMessageStreamManager")),
+    *((_HELPERS, manager, "__aenter__", "aenter")
+      for manager in ("AsyncMessageStreamManager", "BetaAsyncMessageStreamManager")),
+    *((_HELPERS, manager, "__aexit__", "aexit")
+      for manager in ("AsyncMessageStreamManager", "BetaAsyncMessageStreamManager")),
+)
+
+_G_CALL = guard("anthropic messages call")
+_active = False  # wrappers left under someone else's wrapper by `remove` pass straight through
+_managed: weakref.WeakKeyDictionary[Any, StreamCall] = weakref.WeakKeyDictionary()  # open helpers' calls
+
+
+def _after_call(result: Any, kwargs: dict[str, Any], is_async: bool) -> None:
+    """Count a returned Message, or hook a returned stream (raw responses are left alone)."""
+    if _kernel.in_framework_call() is not None:
+        return  # a framework adapter above records this call itself
+    if getattr(result, "type", None) == "message" and hasattr(result, "usage"):
+        _kernel.record_provider_call(getattr(result, "model", None) or kwargs.get("model"), PROVIDER,
+                                     result.usage, flavor="anthropic", response_id=getattr(result, "id", None))
+    elif kwargs.get("stream") is True and _is_stream(result, is_async):
+        hook_stream(result, kwargs.get("model"), current_session(), is_async)
+
+
+def _is_stream(result: Any, is_async: bool) -> bool:
+    from anthropic import AsyncStream, Stream
+
+    return issubclass(type(result), AsyncStream if is_async else Stream)
+
+
+def _after_enter(manager: Any, stream: Any, is_async: bool) -> None:
+    """Hook the raw stream under a `messages.stream()` helper's MessageStream."""
+    if _kernel.in_framework_call() is not None:
+        return
+    raw = getattr(stream, "_raw_stream", None)
+    call = hook_stream(raw, None, current_session(), is_async) if raw is not None else None
+    if call is not None:
+        _managed[manager] = call
+
+
+def _after_exit(manager: Any) -> None:
+    call = _managed.pop(manager, None)
+    if call is not None:
+        call.end()  # (a no-op when the stream was read to its end)
+
+
+def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    if kind == "call":
+        @functools.wraps(original)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            if _active:
+                with _G_CALL:
+                    _after_call(result, kwargs, False)
+            return result
+        return call
+    if kind == "acall":
+        @functools.wraps(original)
+        async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await original(self, *args, **kwargs)
+            if _active:
+                with _G_CALL:
+                    _after_call(result, kwargs, True)
+            return result
+        return acall
+    return _wrap_manager(original, kind)
+
+
+def _wrap_manager(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    if kind == "enter":
+        @functools.wraps(original)
+        def enter(self: Any) -> Any:
+            stream = original(self)
+            if _active:
+                with _G_CALL:
+                    _after_enter(self, stream, False)
+            return stream
+        return enter
+    if kind == "aenter":
+        @functools.wraps(original)
+        async def aenter(self: Any) -> Any:
+            stream = await original(self)
+            if _active:
+                with _G_CALL:
+                    _after_enter(self, stream, True)
+            return stream
+        return aenter
+    if kind == "exit":
+        @functools.wraps(original)
+        def exit_(self: Any, *exc_info: Any) -> Any:
+            try:
+                return original(self, *exc_info)
+            finally:
+                with _G_CALL:
+                    _after_exit(self)
+        return exit_
+
+    @functools.wraps(original)
+    async def aexit(self: Any, *exc_info: Any) -> Any:
+        try:
+            return await original(self, *exc_info)
+        finally:
+            with _G_CALL:
+                _after_exit(self)
+    return aexit
+
+
+Patch = tuple[type, str, Any, Any]  # (class, attribute, original, wrapper)
+
+
+def install() -> list[Patch]:
+    """Wrap every target this SDK has; returns what `remove` needs to undo it."""
+    global _active
+    patches: list[Patch] = []
+    for module_name, class_name, attribute, kind in TARGETS:
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        original = cls.__dict__.get(attribute)
+        if original is None or getattr(original, "__keito_wrapped__", False):
+            continue
+        wrapper = _wrap(original, kind)
+        wrapper.__keito_wrapped__ = True  # type: ignore[attr-defined]
+        setattr(cls, attribute, wrapper)
+        patches.append((cls, attribute, original, wrapper))
+    _active = True
+    return patches
+
+
+def remove(patches: list[Patch]) -> None:
+    """Put the SDK's own methods back (a wrapper someone else wrapped since is switched off)."""
+    global _active
+    _active = False
+    for cls, attribute, original, wrapper in reversed(patches):
+        if cls.__dict__.get(attribute) is wrapper:
+            setattr(cls, attribute, original)
