@@ -8,10 +8,14 @@ computed from the inputs, never read back from the ledger.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -276,3 +280,26 @@ def test_cli_inconsistent_options_exit_2(period: tuple[date, date], capsys: pyte
     assert main([*base, "--from", "2026-05-02", "--to", "2026-05-01"]) == 2
     assert "after period_end" in capsys.readouterr().err
     assert main([*base, "--create", "--include-local"]) == 2
+
+
+def test_invoice_on_a_missing_ledger_is_one_line_and_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "ledger.sqlite3"
+    assert main(["invoice", "--ledger", str(missing), "--client-id", "cl", "--from", "2026-05-01",
+                 "--to", "2026-05-31"]) == 1
+    assert "no ledger at" in capsys.readouterr().err and not missing.parent.exists()
+
+
+def test_the_demo_ends_with_an_invoice_preview(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    demo = subprocess.run([sys.executable, "-m", "keito_instrument.cli", "demo", "--tickets", "2",
+                           "--step-seconds", "0"], capture_output=True, text=True, timeout=120, env=env)
+    assert demo.returncode == 0, demo.stderr
+    preview = demo.stdout[demo.stdout.index("Invoice draft for client demo-client"):]
+    assert "Outcome: ticket_resolved" in preview and "$1.98" in preview  # 2 tickets x 0.99
+    assert "delivered and local records" in preview
+    command = next(line.strip() for line in demo.stderr.splitlines() if "keito-instrument invoice" in line)
+    again = subprocess.run([sys.executable, "-m", "keito_instrument.cli", *command.split()[1:]],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "Outcome: ticket_resolved" in again.stdout

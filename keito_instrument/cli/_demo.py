@@ -6,7 +6,7 @@ outcome. It writes to its own demo ledger (or `--ledger`), never to the real one
 the configured credentials; it ends by printing the `report` command that reads that ledger (and
 `report` on a missing default ledger points at the demo's). With `--server` the records are
 delivered to a Keito-compatible test server on 127.0.0.1, to show delivery end to end without a
-Keito account.
+Keito account. It ends with an invoice preview of that work (`invoice --include-local`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     keito.flush(timeout=5.0)
     print(file=sys.stderr)
     code = _report()
+    _invoice_preview()
     _print_next_step(path)
     return code
 
@@ -122,6 +124,31 @@ def run(args: argparse.Namespace) -> int:
 def _print_next_step(path: Path) -> None:
     print(f"\nThe demo wrote to its own ledger, {path} (never your real one). Report on it with:\n"
           f"  keito-instrument report --ledger {shlex.quote(str(path))} --by agent", file=sys.stderr)
+    first, last = _demo_period()
+    print(f"and preview an invoice of it with:\n  keito-instrument invoice --ledger {shlex.quote(str(path))} "
+          f"--client-id {DEMO_CLIENT} --from {first} --to {last} --hourly-rate 60 --include-local", file=sys.stderr)
+
+
+DEMO_CLIENT = "demo-client"
+
+
+def _demo_period() -> tuple[str, str]:
+    """The first and last day of the demo's records (today, unless it ran over midnight)."""
+    from .._spool import get_spool
+
+    days = sorted({str(r["spent_date"]) for r in get_spool().records()})
+    return (days[0], days[-1]) if days else (date.today().isoformat(),) * 2
+
+
+def _invoice_preview() -> None:
+    """The invoice the demo's work would make: agent time at 60 an hour, LLM cost plus 20%, the
+    outcomes at their price (--include-local: the demo delivers nothing to a real Keito)."""
+    from ..invoice import draft
+    from ._invoice import show
+
+    first, last = _demo_period()
+    print()
+    show(draft(DEMO_CLIENT, first, last, hourly_rate=60, llm="cost-plus", llm_markup_pct=20, include_local=True))
 
 
 def _report() -> int:
@@ -141,5 +168,6 @@ def _run_with_server(args: argparse.Namespace) -> int:
         print(f"test server received {len(server.time_entries)} time entries and {len(server.expenses)} "
               f"expenses ({'all delivered' if delivered else 'some still pending'})\n", file=sys.stderr)
         code = _report()
+        _invoice_preview()
         keito.shutdown(timeout=5.0)
     return code if delivered else 1
