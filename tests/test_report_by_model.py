@@ -21,7 +21,8 @@ CALLS: list[dict[str, Any]] = [
      "cache_read_tokens": 11_000},
     {"model": "gpt-4o-mini", "provider": "openai", "input_tokens": 5_000, "output_tokens": 700,
      "cache_read_tokens": 1_024, "reasoning_tokens": 0},
-    {"model": "o4-mini", "provider": "openai", "input_tokens": 2_000, "output_tokens": 3_000, "reasoning_tokens": 2_500},
+    {"model": "o4-mini", "provider": "openai", "input_tokens": 2_000, "output_tokens": 3_000,
+     "reasoning_tokens": 2_500},
 ]
 
 
