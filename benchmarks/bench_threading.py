@@ -36,7 +36,6 @@ os.environ.setdefault("KEITO_LEDGER", os.path.join(tempfile.mkdtemp(), "bench.sq
 import keito_instrument as keito
 from keito_instrument.integrations import threading as keito_threading
 
-
 WORKERS = 2
 
 
