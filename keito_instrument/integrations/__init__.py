@@ -18,6 +18,7 @@ _log = logging.getLogger("keito_instrument")
 ADAPTERS = {
     "langchain": "langchain_core",
     "crewai": "crewai",
+    "openai_agents": "agents",
     "openai": "openai",
     "threading": "threading",
     "anthropic": "anthropic",
