@@ -53,8 +53,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 TIMEOUT = 120.0  # seconds, for one block's process
 JOBS = min(2, os.cpu_count() or 1)  # block processes run at once
 # What a block may need that the core-only virtualenv lacks: its blocks are skipped there.
-OPTIONAL_FRAMEWORKS = frozenset({"agents", "crewai", "langchain_core", "langchain_openai", "langgraph", "openai",
-                                 "openinference", "opentelemetry"})
+OPTIONAL_FRAMEWORKS = frozenset({"agents", "anthropic", "crewai", "langchain_core", "langchain_openai", "langgraph",
+                                 "openai", "openinference", "opentelemetry"})
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^\s`]*)")
 _DIRECTIVE = re.compile(r"^[ \t]*<!--\s*docs-test:\s*(?P<kind>[a-z-]+)(?P<rest>.*)$")

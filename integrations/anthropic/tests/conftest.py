@@ -22,6 +22,9 @@ from keito_instrument._spool import Spool
 from keito_instrument.integrations import anthropic as keito_anthropic
 
 MODEL = "claude-sonnet-4-5"
+# Whether this SDK's own accumulator (`get_final_message()`) applies the cumulative input and cache
+# counts of `message_delta` (newer SDKs); older ones keep the start's. Keito applies them either way.
+SDK_APPLIES_DELTA_TOTALS = "input_tokens" in getattr(anthropic.types.MessageDeltaUsage, "model_fields", {})
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from _fake_anthropic import USAGE, FakeAnthropic
 from genai_prices import Usage, calc_price
 
 import keito_instrument as keito
-from conftest import MODEL, ask, billed
+from conftest import MODEL, SDK_APPLIES_DELTA_TOTALS, ask, billed
 from keito_instrument._spool import Spool
 
 
@@ -60,7 +60,7 @@ async def test_async_calls_bill_the_servers_usage_and_its_price(aclient: anthrop
             final = await stream.get_final_message()
     assert keito.flush(5.0)
     assert message.content[0].text == text and events[-1].type == "message_stop"
-    assert final.usage.input_tokens == USAGE["input_tokens"]
+    assert final.usage.output_tokens == USAGE["output_tokens"]
     assert billed(ledger) == server.totals() and server.totals()["calls"] == 3
     assert session_cost(ledger) == pytest.approx(float(genai_cost(server.totals())), abs=1e-9)
 
@@ -78,7 +78,9 @@ def test_a_stream_combines_its_start_and_delta_usage(ledger: Spool, delta_totals
             pass
     assert keito.flush(5.0)
     start, delta = server.start_usage(), server.delta_usage()
-    assert final.usage.input_tokens == server.final_usage()["input_tokens"] == USAGE["input_tokens"]
+    assert server.final_usage()["input_tokens"] == USAGE["input_tokens"]
+    if SDK_APPLIES_DELTA_TOTALS or not delta_totals:
+        assert final.usage.input_tokens == USAGE["input_tokens"]  # the SDK's own sum agrees with the server's
     # Neither event alone holds the call's usage: the start lacks the output (and, with cumulative
     # deltas, some input), an output-only delta lacks the input and cache counts.
     assert start["input_tokens"] < USAGE["input_tokens"] if delta_totals else "cache_read_input_tokens" not in delta

@@ -156,13 +156,16 @@ def install() -> list[Patch]:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError):
             continue
-        original = cls.__dict__.get(attribute)
-        if original is None or getattr(original, "__keito_wrapped__", False):
+        current = cls.__dict__.get(attribute)
+        if current is None or any(p[0] is cls and p[1] == attribute for p in patches):
+            continue  # (not in this SDK, or an alias of a class already patched)
+        if getattr(current, "__keito_wrapped__", False):  # ours, put back by someone who wrapped it
+            patches.append((cls, attribute, current.__wrapped__, current))
             continue
-        wrapper = _wrap(original, kind)
+        wrapper = _wrap(current, kind)
         wrapper.__keito_wrapped__ = True  # type: ignore[attr-defined]
         setattr(cls, attribute, wrapper)
-        patches.append((cls, attribute, original, wrapper))
+        patches.append((cls, attribute, current, wrapper))
     _active = True
     return patches
 
