@@ -138,9 +138,10 @@ class Answer(BaseModel):
 def test_parse_raw_responses_and_the_chat_stream_helper(ledger: Spool, server: FakeOpenAI) -> None:
     c = client(server)
     with keito.session():
-        parsed = c.chat.completions.parse(model="gpt-4o-mini", messages=HI, response_format=Answer)
+        helpers: Any = c.chat.completions if hasattr(c.chat.completions, "parse") else c.beta.chat.completions
+        parsed = helpers.parse(model="gpt-4o-mini", messages=HI, response_format=Answer)  # (beta on openai 1.x)
         raw = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
-        with c.chat.completions.stream(
+        with helpers.stream(
             model="gpt-4o-mini", messages=HI, stream_options={"include_usage": True}
         ) as helper:
             helper.until_done()
