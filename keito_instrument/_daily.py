@@ -146,12 +146,14 @@ _PRICE = "json_extract({t}.payload, '$.metadata.outcome_unit_price')"
 
 
 def _outcome_values(t: str) -> str:
-    """One outcome record's key and sums (an outcome without a unit price has no revenue)."""
+    """One outcome record's key and sums: revenue (quantity x unit price) and the count of those
+    without a unit price are of the successful outcomes only, as an invoice bills them."""
+    ok = f"(coalesce(json_extract({t}.payload, '$.metadata.outcome_success'), 1) != 0)"
     return (f"{t}.spent_date, coalesce({t}.project_id, ''), coalesce(json_extract({t}.payload, '$.task_id'), ''),"
             f" coalesce(json_extract({t}.payload, '$.metadata.agent_id'), ''),"
-            f" coalesce(json_extract({t}.payload, '$.metadata.outcome_type'), ''), 1, {_Q.format(t=t)},"
-            f" coalesce(json_extract({t}.payload, '$.metadata.outcome_success'), 1) != 0,"
-            f" coalesce({_Q.format(t=t)} * {_PRICE.format(t=t)}, 0), {_PRICE.format(t=t)} IS NULL")
+            f" coalesce(json_extract({t}.payload, '$.metadata.outcome_type'), ''), 1, {_Q.format(t=t)}, {ok},"
+            f" CASE WHEN {ok} THEN coalesce({_Q.format(t=t)} * {_PRICE.format(t=t)}, 0) ELSE 0 END,"
+            f" {ok} AND {_PRICE.format(t=t)} IS NULL")
 
 
 OUTCOMES = f"""

@@ -170,23 +170,23 @@ def test_outcomes_counted_and_priced_by_type(ledger: Spool, capsys: pytest.Captu
     rows = {r["group"]: r for r in data["rows"]}
     assert rows["ticket_resolved"]["outcomes"] == 3 and rows["ticket_resolved"]["outcome_quantity"] == 5
     assert rows["ticket_resolved"]["outcome_successes"] == 2
-    assert rows["ticket_resolved"]["outcome_revenue"] == pytest.approx(3 * 2.5 + 2.5 + 4)
+    assert rows["ticket_resolved"]["outcome_revenue"] == pytest.approx(3 * 2.5 + 4)  # the failed one earns nothing
     assert rows["refund_issued"]["outcome_revenue"] == pytest.approx(20)
     assert rows["call_summarised"]["unpriced_outcomes"] == 1 and rows["call_summarised"]["outcome_revenue"] == 0
-    assert data["total"]["outcome_revenue"] == pytest.approx(34) and data["total"]["outcomes"] == 5
+    assert data["total"]["outcome_revenue"] == pytest.approx(31.5) and data["total"]["outcomes"] == 5
     assert "hours" not in data["total"]
     by_project = report(capsys, "--by", "project,outcome")
     assert {(r["project"], r["outcome"]): r["outcomes"] for r in by_project["rows"]} == {
         ("p1", "refund_issued"): 1, ("p1", "ticket_resolved"): 2, ("p2", "call_summarised"): 1,
         ("p2", "ticket_resolved"): 1}
     agents = {r["group"]: r for r in report(capsys, "--by", "agent", "--hourly-rate", "100")["rows"]}
-    assert agents["alpha"]["outcome_revenue"] == pytest.approx(30) and agents["alpha"]["outcomes"] == 3
-    assert agents["alpha"]["revenue"] == pytest.approx(agents["alpha"]["time_revenue"] + 30)
+    assert agents["alpha"]["outcome_revenue"] == pytest.approx(27.5) and agents["alpha"]["outcomes"] == 3
+    assert agents["alpha"]["revenue"] == pytest.approx(agents["alpha"]["time_revenue"] + 27.5)
     tasks = {r["group"]: r["outcomes"] for r in report(capsys, "--by", "task")["rows"]}
     assert tasks == {"t1": 3, "(none)": 2}
     assert main(["report", "--by", "outcome"]) == 0
     table = capsys.readouterr().out
-    assert "$34.00 + 1 unpriced" in table and "ticket_resolved" in table
+    assert "$31.50 + 1 unpriced" in table and "ticket_resolved" in table
     assert report(capsys, "--until", str(TODAY - timedelta(days=1)), "--by", "outcome")["rows"] == []
 
 
@@ -195,11 +195,13 @@ def test_outcomes_of_an_open_session_count_with_it(ledger: Spool, capsys: pytest
     run = keito.begin_run("chat", close="idle", agent_id="alpha")
     assert run is not None
     keito.log_outcome("lead_qualified", quantity=2, unit_price=7.5, session_id="chat")
+    keito.log_outcome("lead_qualified", quantity=5, unit_price=7.5, success=False, session_id="chat")
     keito.end_run(run)
     rows = {r["group"]: r for r in report(capsys, "--by", "outcome")["rows"]}
     assert rows["lead_qualified"]["outcome_revenue"] == pytest.approx(15)
+    assert (rows["lead_qualified"]["outcomes"], rows["lead_qualified"]["outcome_successes"]) == (2, 1)
     day = report(capsys, "--by", "day")
-    assert day["total"]["open"] == 1 and day["total"]["outcomes"] == 1
+    assert day["total"]["open"] == 1 and day["total"]["outcomes"] == 2
 
 
 def test_outcome_sums_survive_pruning(ledger: Spool, capsys: pytest.CaptureFixture[str]) -> None:

@@ -165,11 +165,11 @@ def _live_models(usage: list[dict[str, Any]], ids: dict[str, Any]) -> list[dict[
 
 
 def _live_outcome(outcome: dict[str, Any], ids: dict[str, Any]) -> dict[str, Any]:
-    quantity = float(outcome.get("quantity") or 0)
-    price = outcome.get("unit_price")
-    return {**ids, "outcome_type": outcome.get("outcome_type") or "", "outcomes": 1,
-            "successes": int(bool(outcome.get("success", True))), "quantity": quantity,
-            "revenue": 0.0 if price is None else quantity * float(price), "unpriced_outcomes": int(price is None)}
+    quantity, price = float(outcome.get("quantity") or 0), outcome.get("unit_price")
+    ok = bool(outcome.get("success", True))  # a failed outcome is counted, and earns nothing
+    return {**ids, "outcome_type": outcome.get("outcome_type") or "", "outcomes": 1, "successes": int(ok),
+            "quantity": quantity, "revenue": quantity * float(price) if ok and price is not None else 0.0,
+            "unpriced_outcomes": int(ok and price is None)}
 
 
 def finish(groups: dict[tuple[str, ...], dict[str, Any]], dims: tuple[str, ...], hourly_rate: float | None
