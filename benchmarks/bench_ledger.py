@@ -114,13 +114,13 @@ def bench_report(m: int) -> None:
     fill(path, m, with_records=False, start=time.time() - 35 * DAY)
     print(f"report over {m:,} ended sessions (generated in {time.perf_counter() - began:.0f} s, "
           f"{size(path) / 1e6:.0f} MB), best of 3:")
-    for by in ("day", "project", "agent", "model"):
+    for by in ("day", "week", "project", "task", "agent", "model", "project,agent", "outcome"):
         times = []
         for _ in range(3):
             began = time.perf_counter()
             rows, total = summarise_at(path, by)
             times.append(time.perf_counter() - began)
-        print(f"  --by {by:8} {min(times) * 1000:8.1f} ms  ({len(rows)} rows, {total['sessions']:,} sessions)"
+        print(f"  --by {by:13} {min(times) * 1000:8.1f} ms  ({len(rows)} rows, {total.get('sessions', 0):,} sessions)"
               "   (target <= 2000 ms)")
     began = time.perf_counter()
     keito.configure(ledger_path=path)
