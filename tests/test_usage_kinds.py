@@ -82,6 +82,7 @@ def test_a_session_spanning_a_price_change_prices_each_call_at_its_own_time(
     # From 2026-03-13 genai-prices drops claude-opus-4-6's long-prompt tier (prompts over 200k
     # tokens cost more before it); the journal's timestamps are the call times priced at.
     before, after = datetime(2026, 3, 12, 12, tzinfo=UTC), datetime(2026, 3, 14, 12, tzinfo=UTC)
+    keito.configure(ledger_retention_days=0)  # (months old: the background prune would take the rows)
     clock = [before.timestamp()]
     fake_time = types.SimpleNamespace(time=lambda: clock[0], monotonic=_session.time.monotonic)
     monkeypatch.setattr(_session, "time", fake_time)

@@ -277,7 +277,9 @@ def test_uninstrument_really_unregisters(ledger: Spool) -> None:
         listener = keito_crewai.instrument()
         assert keito_crewai.is_instrumented()
         assert "LLMCallCompletedEvent" in ours_on_the_bus(listener)
-        assert len(ours_on_the_bus(listener)) == len(keito_crewai._EVENTS)
+        # every billed event, and the stream chunks (to know a failed call had begun streaming)
+        assert len(ours_on_the_bus(listener)) == len(keito_crewai._EVENTS) + 1
+        assert "LLMStreamChunkEvent" in ours_on_the_bus(listener)
         keito_crewai.uninstrument()
         assert not keito_crewai.is_instrumented()
         assert ours_on_the_bus(listener) == []
