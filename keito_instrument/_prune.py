@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -36,6 +37,16 @@ PRUNE_EVERY = 3600.0  # seconds between automatic prunes of one ledger
 BATCH = 5000  # rows deleted per transaction
 DAY = 86_400.0
 _last: dict[str, float] = {}  # ledger -> monotonic time this process last looked
+_last_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _last_lock
+    _last_lock = threading.Lock()  # (a fork while another thread held it must not wedge the child)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value REAL NOT NULL)",
@@ -160,9 +171,10 @@ def maybe_prune(spool: Spool, settings: Settings) -> None:
     if not days:
         return
     key, now = str(spool.path), time.monotonic()
-    if now - _last.get(key, -PRUNE_EVERY) < PRUNE_EVERY:
-        return
-    _last[key] = now
+    with _last_lock:  # (the billing thread and a ledger read may both get here at once)
+        if now - _last.get(key, -PRUNE_EVERY) < PRUNE_EVERY:
+            return
+        _last[key] = now
     if time.time() - meta(spool.connect(), "pruned_at") < PRUNE_EVERY:
         return
     try:

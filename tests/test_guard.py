@@ -57,10 +57,8 @@ def test_an_internal_failure_in_billing_never_reaches_the_host_and_loses_nothing
     assert len(ledger.sessions()) == 4
 
 
-@pytest.mark.guard_errors_expected
 def test_a_broken_ledger_keeps_the_host_running_and_bills_once_it_works(
-        ledger: Spool, monkeypatch: pytest.MonkeyPatch,
-        _guard_failures: list[tuple[str, BaseException]]) -> None:
+        ledger: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     def full(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
@@ -68,7 +66,8 @@ def test_a_broken_ledger_keeps_the_host_running_and_bills_once_it_works(
     with keito.session():
         keito.record_llm_call("gpt-4o", input_tokens=1, output_tokens=1)
     keito.flush(0.5)
-    assert _guard_failures
+    # Ledger trouble is not an internal error: the events wait (journal or memory), a warning says so.
+    assert ledger.sessions() == [] and "disk full" in caplog.text
     monkeypatch.undo()
     assert keito.flush(5.0)
     assert [s["llm_calls"] for s in ledger.sessions()] == [1]
