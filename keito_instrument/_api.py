@@ -14,7 +14,7 @@ from . import _baggage, _pipeline
 from ._config import get_settings
 from ._guard import guard, guarded
 from ._registry import current, new_session_id
-from ._session import Run, Session, SessionOptions
+from ._session import Run, Session, SessionOptions, call_key, session_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 SessionId = str | Callable[..., str] | None
@@ -49,8 +49,8 @@ def _code_flags(func: Any) -> int:
 
 
 def _options(**kwargs: Any) -> SessionOptions:
-    metadata = kwargs.pop("metadata", None) or {}
-    return SessionOptions(metadata=dict(metadata), **kwargs)
+    # Never raises: a bad or unknown setting is dropped with a warning (see `session_options`).
+    return session_options(kwargs)
 
 
 def current_session() -> Session | None:
@@ -79,7 +79,7 @@ def begin_run(
         if get_settings().disabled:
             return None
         return _pipeline.registry.begin_run(
-            session_id, _options(**options), close=close, join_current=join_current, started_at=started_at
+            call_key(session_id), _options(**options), close=close, join_current=join_current, started_at=started_at
         )
     return None
 
@@ -102,14 +102,18 @@ def end_run(run: Run | None, error: BaseException | None = None, *, ended_at: fl
 def end_session(session_id: str) -> bool:
     """End an open session now (e.g. a chat thread closed by the user), whichever process of the
     ledger served its turns. False if none is open."""
-    if _pipeline.registry.end_session(session_id):
+    key = call_key(session_id)
+    if key is None:
+        return False
+    if _pipeline.registry.end_session(key):
         return True
-    return _pipeline.end_ledger_session(session_id)
+    return _pipeline.end_ledger_session(key)
 
 
 def get_session(session_id: str) -> Session | None:
     """The open session with this id, if any."""
-    return _pipeline.registry.get(session_id)
+    key = call_key(session_id)
+    return None if key is None else _pipeline.registry.get(key)
 
 
 class _Scope:
@@ -118,7 +122,7 @@ class _Scope:
     __slots__ = ("close", "options", "run", "session_id", "token")
 
     def __init__(self, session_id: str | None, options: SessionOptions, close: str = "runs") -> None:
-        self.session_id, self.options, self.close = session_id, options, close
+        self.session_id, self.options, self.close = call_key(session_id), options, close
         self.run: Run | None = None
         self.token: Token[Session | None] | None = None
 
@@ -148,9 +152,9 @@ class _Scope:
 def _resolve_id(session_id: SessionId, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     if callable(session_id):
         with guard("session_id callable"):
-            return str(session_id(*args, **kwargs))
+            return call_key(session_id(*args, **kwargs))
         return None
-    return session_id
+    return call_key(session_id)
 
 
 @overload
@@ -366,6 +370,7 @@ def session_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def _target(session_id: str | None) -> tuple[Session, bool]:
     """The session a record_* call goes to, and whether it is a one-off to end right away."""
+    session_id = call_key(session_id)
     if session_id is not None:
         found = _pipeline.registry.get(session_id)
         if found is not None:
@@ -468,8 +473,8 @@ def log_outcome(
         unit_price=unit_price,
         success=success,
         description=description,
-        evidence=dict(evidence) if evidence else None,
-        metadata=dict(metadata or {}),
+        evidence=evidence,
+        metadata=metadata,
     )
     if one_off:
         _pipeline.registry.finish(target, "completed")

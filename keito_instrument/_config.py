@@ -241,6 +241,17 @@ def _check_prices(value: Any) -> Mapping[str, Mapping[str, float]]:
     return out
 
 
+def _checked(name: str, value: Any) -> Any:
+    """`_validate` for configure(): whatever goes wrong with a value (its own __str__ or __repr__
+    raising, say) is a ValueError naming the setting, never another exception."""
+    try:
+        return _validate(name, value)
+    except (ValueError, TypeError):
+        raise
+    except Exception as exc:
+        raise ValueError(f"keito-instrument setting {name!r}: unusable value ({type(exc).__name__})") from None
+
+
 def _validate(name: str, value: Any) -> Any:
     """Coerce one setting to its type and check it; raises ValueError naming the setting."""
     if name not in _DEFAULTS:
@@ -301,7 +312,9 @@ def _validate(name: str, value: Any) -> Any:
     if name == "metadata":
         if not isinstance(value, Mapping):
             raise ValueError("keito-instrument setting 'metadata': expected a mapping of extra metadata keys")
-        return dict(value)
+        from ._metadata import plain
+
+        return plain(value)  # made plain JSON: it goes into every session's journal and records
     if name in (
         "hours_increment",
         "min_hours",
@@ -315,20 +328,25 @@ def _validate(name: str, value: Any) -> Any:
         "ledger_retention_days",
     ):
         number = float(_to_number(name, value, float))
-        if number < 0 or math.isnan(number):
-            raise ValueError(f"keito-instrument setting {name!r} must be >= 0, got {value!r}")
+        if not 0 <= number < math.inf:
+            raise ValueError(f"keito-instrument setting {name!r} must be a finite number >= 0, got {value!r}")
         if name == "hours_increment" and not 0 < number <= 1:
             raise ValueError(
                 f"keito-instrument setting 'hours_increment' must be in (0, 1] hours, got {value!r}"
             )
         if name == "min_hours" and number > 24:
             raise ValueError(f"keito-instrument setting 'min_hours' must be <= 24, got {value!r}")
+        if name == "ledger_retention_days" and number > 36_500:  # (a cut-off before year 1 cannot be a date)
+            raise ValueError(f"keito-instrument setting 'ledger_retention_days' must be <= 36500 (0: keep "
+                             f"forever), got {value!r}")
         return number
     if name in ("cost_decimals", "max_open_sessions", "max_open_runs", "batch_size", "max_concurrency"):
         number_i = int(_to_number(name, value, int))
         low = 0 if name == "cost_decimals" else 1
         if number_i < low:
             raise ValueError(f"keito-instrument setting {name!r} must be >= {low}, got {value!r}")
+        if name == "cost_decimals" and number_i > 12:  # (amounts are decimals of 28 digits)
+            raise ValueError(f"keito-instrument setting 'cost_decimals' must be <= 12, got {value!r}")
         return number_i
     text = str(value).strip()
     return text or None
@@ -473,7 +491,7 @@ def configure(**settings: Any) -> Settings:
     Raises:
         ValueError: a setting is unknown or its value is invalid; the message names the setting.
     """
-    checked = {name: _validate(name, value) for name, value in settings.items()}
+    checked = {name: _checked(name, value) for name, value in settings.items()}
     with _lock:
         env, problems = _from_env(os.environ)
         merged = {**env, **_overrides, **checked}

@@ -66,6 +66,71 @@ def fit(
     return merged
 
 
+MAX_DEPTH = 8  # levels of nesting kept in user metadata (deeper is cut: JSON encoders recurse)
+MAX_ITEMS = 64  # items kept per list or mapping of user metadata (Keito keeps 4 KB of it anyway)
+
+
+def text(value: object) -> str | None:
+    """`value` as a string, or None when it has none (its `__str__` raises or returns a non-string)."""
+    if type(value) is str:
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        found = str(value)
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None
+
+
+def describe(value: object, limit: int = 40) -> str:
+    """A short repr of `value` for a warning; never raises (a broken `__repr__` gives its type)."""
+    try:
+        found = repr(value)
+    except Exception:
+        found = None
+    if not isinstance(found, str):
+        found = f"<{type(value).__name__}>"
+    return found[:limit]
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A copy of user-supplied metadata that any JSON encoder accepts: mappings with string keys,
+    lists, and str/int/float/bool/None leaves. Other objects become their text (or their type's
+    name when they have none), bytes are decoded, nesting is cut at MAX_DEPTH (so a circular or
+    very deep structure cannot exhaust the stack) and containers at MAX_ITEMS. Non-finite floats
+    and lone surrogates are left to `encodable`, which warns about them by field."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, bool | int | float | str):  # subclasses (IntEnum, numpy floats...) as the base type
+        for base in (bool, int, float, str):
+            if isinstance(value, base):
+                try:
+                    return base(value)
+                except Exception:
+                    return f"<{type(value).__name__}>"
+    if depth >= MAX_DEPTH:
+        return "…"
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        try:
+            items = list(value.items())[:MAX_ITEMS]
+        except Exception:
+            return f"<{type(value).__name__}>"
+        for key, item in items:
+            name = key if type(key) is str else text(key)
+            if name is not None:
+                out[name] = plain(item, depth + 1)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        try:
+            return [plain(item, depth + 1) for item in list(value)[:MAX_ITEMS]]
+        except Exception:  # a set of things that cannot be ordered or compared
+            return f"<{type(value).__name__}>"
+    found = text(value)
+    return found if found is not None else f"<{type(value).__name__}>"
+
+
 def fmt_tokens(count: int) -> str:
     """12500 -> '12.5k', 30000 -> '30k', 850 -> '850', 2_400_000 -> '2.4M'."""
     if count >= 1_000_000:

@@ -19,7 +19,7 @@ from typing import Any
 from . import _metadata as md
 from ._config import Settings
 from ._pricing import Cost, price, pricing_version
-from ._session import SessionSnapshot
+from ._session import SessionSnapshot, session_options
 from ._usage import ModelUsage, add_details
 
 TIME_ENTRIES = "/api/v2/time_entries"
@@ -137,6 +137,9 @@ def build(
     that many more seconds of (agent, project, task) on that day, rounding the day's running total
     once (the engine's ledger-backed carry); without it each entry is rounded alone.
     """
+    # The options as the hot path checks them (a journal written by an older version, or an
+    # adapter's own SessionOptions, may hold values no record can carry: an int for notes, say).
+    snapshot = snapshot._replace(options=session_options(snapshot.options._asdict()))
     tz = settings.tzinfo()
     priced = [
         PricedUsage(u, costs[(u.model, u.provider)] if costs and (u.model, u.provider) in costs

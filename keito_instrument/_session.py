@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import _metadata as md
 from ._guard import guard
-from ._usage import ModelUsage, normalised_call
+from ._usage import MAX_COUNT, ModelUsage, normalised_call, warn_once
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -99,6 +100,128 @@ class SessionOptions(NamedTuple):
     # A named session seen in one run only ends this long after it (None: idle_timeout applies
     # from the first run); from its second run on it is a conversation (see the OTel adapter).
     first_run_timeout: float | None = None
+
+
+_TEXT_OPTIONS = ("project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "framework", "notes")
+_SECONDS_OPTIONS = ("idle_timeout", "first_run_timeout")
+
+
+def _dropped(name: str, value: object, what: str) -> None:
+    warn_once(f"option:{name}:{type(value).__name__}",
+              f"keito-instrument: {name}={md.describe(value)} is not {what}; ignored (the setting applies)")
+
+
+def _option(name: str, value: Any) -> Any:
+    """One checked session option; None to drop it (see `session_options`)."""
+    if name in _TEXT_OPTIONS:
+        found = value
+        if type(value) is not str:
+            # An id may be given as a number or bytes; anything else is no id (notes: any text).
+            convertible = name == "notes" or (isinstance(value, str | int | bytes) and not isinstance(value, bool))
+            found = md.text(value) if convertible else None
+            if found is None:
+                _dropped(name, value, "a string")
+                return None
+        if not found.strip():
+            if name != "notes":
+                _dropped(name, value, "a non-empty id")
+            return None
+        return found
+    if name == "billable":
+        if not isinstance(value, bool):
+            _dropped(name, value, "True or False")
+            return None
+        return value
+    if name in _SECONDS_OPTIONS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            _dropped(name, value, "a number of seconds")
+            return None
+        return float(value)
+    if name == "metadata":
+        if not isinstance(value, Mapping):
+            _dropped(name, value, "a mapping")
+            return None
+        return md.plain(value)
+    warn_once(f"option:{name}", f"keito-instrument: unknown session setting {md.describe(name)} ignored")
+    return None
+
+
+def session_options(values: Mapping[str, Any]) -> SessionOptions:
+    """`SessionOptions` from a caller's keyword arguments (`session()`, `track_agent`, adapters).
+
+    Hot-path arguments are never refused: a value that can never be right is dropped (the global
+    setting applies) with a warning naming it, so one bad argument never loses the session. Ids
+    and notes are strings (an int id becomes its text; an empty id is no id), `billable` a bool,
+    timeouts finite seconds >= 0, `metadata` a mapping made plain JSON (`_metadata.plain`);
+    unknown names are dropped.
+    """
+    kept: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is not None:
+            checked = _option(name, value)
+            if checked is not None:
+                kept[name] = checked
+    return SessionOptions(**kept)
+
+
+def outcome_fields(
+    outcome_type: object, quantity: object = 1, unit_price: object = None, success: object = True,
+    description: object = None, evidence: object = None, metadata: object = None,
+) -> dict[str, Any]:
+    """An outcome's fields as records carry them; a bad value is replaced (with a warning naming it).
+
+    Quantities and prices are numbers (a non-finite float is kept here: `encodable` sends it as
+    null with its own warning), `success` a bool, texts strings, evidence and metadata plain JSON
+    mappings (`_metadata.plain`).
+    """
+    kind = md.text(outcome_type) if not isinstance(outcome_type, bool) else None
+    if kind is None or not kind.strip():
+        _dropped("outcome_type", outcome_type, "a name")
+        kind = "outcome"
+    numbers: dict[str, Any] = {"quantity": quantity, "unit_price": unit_price}
+    for name, value in numbers.items():
+        if value is None and name == "unit_price":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _dropped(name, value, "a number")
+            numbers[name] = 1.0 if name == "quantity" else None
+        elif isinstance(value, int) and abs(value) > 2**53:  # beyond what JSON readers keep exactly
+            numbers[name] = float(value)
+        else:
+            numbers[name] = float(value) if type(value) is not int else value
+    if not isinstance(success, bool):
+        _dropped("success", success, "True or False")
+        success = True
+    if description is not None and type(description) is not str:
+        description = md.text(description)
+    mappings: dict[str, Any] = {"evidence": evidence, "metadata": metadata}
+    for name, given in mappings.items():
+        if given is not None and not isinstance(given, Mapping):
+            _dropped(name, given, "a mapping")
+            given = None  # noqa: PLW2901
+        mappings[name] = md.plain(given) if given else None
+    return {
+        "outcome_type": kind, "quantity": numbers["quantity"], "unit_price": numbers["unit_price"],
+        "success": success, "description": description or None, "evidence": mappings["evidence"],
+        "metadata": mappings["metadata"] or {},
+    }
+
+
+def _event_count(name: str, value: object) -> int:
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    warn_once(f"count:{name}", f"keito-instrument: {name} count {md.describe(value)} is not a count; counted as 0")
+    return 0
+
+
+def call_key(value: object) -> str | None:
+    """A call id or session id as the string it is keyed by; None when it has no text (with a warning)."""
+    if value is None or type(value) is str:
+        return value  # type: ignore[return-value]
+    found = md.text(value)
+    if found is None:
+        warn_once(f"id:{type(value).__name__}", f"keito-instrument: id {md.describe(value)} has no text; ignored")
+    return found
 
 
 class Outcome(NamedTuple):
@@ -333,6 +456,12 @@ class Session:
         Returns True if it was counted (False for a repeated `call_id` or an ended session).
         """
         with guard("record_llm_call"):
+            if call_id is not None and type(call_id) is not str:
+                call_id = call_key(call_id)
+            if breakdown and not all(type(k) is str and type(v) is str for k, v in breakdown.items()):
+                # Labels from a framework's run metadata (a LangGraph node): kept only as text.
+                breakdown = {k: label for k, v in breakdown.items()
+                             if type(k) is str and (label := md.text(v)) is not None}
             details = None
             if cache_write_5m_tokens or cache_write_1h_tokens or input_audio_tokens or input_image_tokens \
                     or output_audio_tokens or web_searches:
@@ -365,7 +494,10 @@ class Session:
         self.count(errors=count)
 
     def count(self, *, tool_calls: int = 0, errors: int = 0) -> None:
-        """Count tool calls and errors."""
+        """Count tool calls and errors (a count that is not a count is 0, with a warning)."""
+        if type(tool_calls) is not int or type(errors) is not int or not 0 <= tool_calls <= MAX_COUNT \
+                or not 0 <= errors <= MAX_COUNT:
+            tool_calls, errors = _event_count("tool_calls", tool_calls), _event_count("errors", errors)
         with self._lock:
             if self.ended:
                 return
@@ -375,13 +507,13 @@ class Session:
         self._log("n", tool_calls, errors)
 
     def add_outcome(self, outcome_type: str, **fields: Any) -> None:
-        """Attach an outcome (billed at session end as an hours-0 time entry)."""
+        """Attach an outcome (billed at session end as an hours-0 time entry); bad fields are
+        replaced with a warning (`outcome_fields`)."""
+        checked = outcome_fields(outcome_type, **fields)
         with self._lock:
             if self.ended:
                 return
-            outcome = Outcome(
-                outcome_type=outcome_type, seq=len(self._outcomes) + 1, logged_at=time.time(), **fields
-            )
+            outcome = Outcome(seq=len(self._outcomes) + 1, logged_at=time.time(), **checked)
             self._outcomes.append(outcome)
         self._log("x", {f: getattr(outcome, f) for f in Outcome._fields if f != "logged_at"})
 

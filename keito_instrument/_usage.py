@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from ._metadata import describe, text
+
 _log = logging.getLogger("keito_instrument")
 _warned: set[str] = set()
 
@@ -136,19 +138,21 @@ def _count(name: str, value: object) -> int:
         if isinstance(value, bool | str | bytes):
             raise TypeError
         number: int = int(value)  # type: ignore[call-overload]  # (floats, numpy ints; NaN/inf raise)
-    except (TypeError, ValueError, OverflowError):
-        _warn_once(f"bad:{name}", f"keito-instrument: {name}={value!r:.40} is not a token count; counted as 0")
+    except Exception:  # (TypeError, ValueError, OverflowError; or a broken __int__ of its own)
+        warn_once(f"bad:{name}", f"keito-instrument: {name}={describe(value)} is not a token count; counted as 0")
         return 0
     if number < 0:
-        _warn_once(f"negative:{name}", f"keito-instrument: negative {name} ({number}) counted as 0")
+        warn_once(f"negative:{name}", f"keito-instrument: negative {name} ({number}) counted as 0")
         return 0
     if number > MAX_COUNT:
-        _warn_once(f"huge:{name}", f"keito-instrument: {name}={number} is beyond any real call; counted as {MAX_COUNT}")
+        warn_once(f"huge:{name}", f"keito-instrument: {name}={number} is beyond any real call; counted as {MAX_COUNT}")
         return MAX_COUNT
     return number
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
+    """Log a warning once per `key` for the life of the process (a bad value seen on every call
+    warns once, not per call)."""
     if key not in _warned:
         _warned.add(key)
         _log.warning(message)
@@ -177,7 +181,8 @@ def normalised_call(
     """
     usage = ModelUsage(
         model=_name(model),
-        provider=(provider or None) if isinstance(provider, str | None) else _name(provider),
+        provider=(provider.strip() or None) if isinstance(provider, str) else None if provider is None
+        else _name(provider),
         input_tokens=_count("input_tokens", input_tokens),
         output_tokens=_count("output_tokens", output_tokens),
         cache_read_tokens=_count("cache_read_tokens", cache_read_tokens),
@@ -200,8 +205,8 @@ def normalised_call(
 
 def _name(value: object) -> str:
     if not isinstance(value, str):
-        _warn_once(f"name:{type(value).__name__}", f"keito-instrument: model name {value!r:.40} is not a string")
-        value = str(value)
+        warn_once(f"name:{type(value).__name__}", f"keito-instrument: model name {describe(value)} is not a string")
+        value = text(value) or ""
     return value.strip() or "unknown"
 
 
@@ -216,7 +221,7 @@ def _apply_details(usage: ModelUsage, details: Mapping[str, object]) -> None:
             if count:
                 kept[name] = count
         else:
-            _warn_once(f"kind:{name}", f"keito-instrument: unknown usage kind {name!r:.40} dropped")
+            warn_once(f"kind:{name}", f"keito-instrument: unknown usage kind {describe(name)} dropped")
     writes = five_minutes + kept.get("cache_write_1h_tokens", 0)
     # Given by lifetime only: the total is their sum.
     usage.cache_write_tokens = max(usage.cache_write_tokens, writes)
@@ -227,7 +232,7 @@ def _check_parts(usage: ModelUsage) -> None:
     details = usage.details or {}
     cache_parts = usage.cache_read_tokens + usage.cache_write_tokens
     if usage.input_tokens < cache_parts:
-        _warn_once(
+        warn_once(
             "exclusive-input",
             "keito-instrument: input_tokens smaller than its cache parts; "
             "treating it as the uncached count and adding cache tokens back (input includes cache)",
@@ -235,10 +240,10 @@ def _check_parts(usage: ModelUsage) -> None:
         usage.input_tokens += cache_parts
     media = sum(details.get(name, 0) for name in _INPUT_PARTS)
     if usage.input_tokens < media:
-        _warn_once("media-input", "keito-instrument: input_tokens smaller than its audio and image parts")
+        warn_once("media-input", "keito-instrument: input_tokens smaller than its audio and image parts")
         usage.input_tokens = media
     if usage.output_tokens < usage.reasoning_tokens + details.get("output_audio_tokens", 0):
-        _warn_once(
+        warn_once(
             "exclusive-output",
             "keito-instrument: output_tokens smaller than reasoning_tokens; "
             "adding reasoning back (output includes reasoning)",
