@@ -20,7 +20,9 @@ waits above are billed as work.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._metadata import text
 from .._usage import raw_details
 from ..adapters import Run, begin_run, end_run, get_session, guard
 
@@ -104,8 +107,8 @@ class Tokens:
 def _int(usage: Mapping[str, Any], *names: str) -> int | None:
     for name in names:
         value = usage.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return int(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return int(value)  # (the core clamps what no real call reports)
     return None
 
 
@@ -168,7 +171,17 @@ def tokens_from_usage(usage: Mapping[str, Any] | None) -> Tokens | None:
     )
 
 
+def _text_ids(event: CrewEvent) -> CrewEvent:
+    """The event with its ids as text (they key dicts and sets: an unhashable one would raise)."""
+    key = text(event.key) or f"<{type(event.key).__name__}>"
+    outer = None if event.outer is None else text(event.outer)
+    item = None if event.item_id is None else text(event.item_id)
+    return dataclasses.replace(event, key=key, outer=outer, item_id=item)
+
+
 def _label(value: str | None) -> str | None:
+    if type(value) is not str:
+        value = None if value is None else text(value)  # (a role that is not a string: its text)
     if not value:
         return None
     value = " ".join(value.split())
@@ -251,6 +264,9 @@ class KickoffAssembler:
     def feed(self, event: CrewEvent) -> None:
         """Apply one event. Never raises."""
         with guard(f"crewai {event.kind}"):
+            if type(event.key) is not str or not isinstance(event.outer, str | None) \
+                    or not isinstance(event.item_id, str | None):
+                event = _text_ids(event)
             self._feed(event)
 
     def _feed(self, event: CrewEvent) -> None:

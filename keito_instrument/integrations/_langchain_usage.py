@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from types import CodeType
 from typing import Any
 
 from keito_instrument import Run, Session, get_settings
+from keito_instrument._metadata import text
 from keito_instrument._usage import raw_details
 
 _log = logging.getLogger("keito_instrument")
@@ -49,7 +51,7 @@ class CallUsage:
 def _int(value: object) -> int:
     if type(value) is int:  # the common case, first: bool is not int here
         return value if value > 0 else 0
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value):  # (NaN and infinities are no count)
         return max(int(value), 0)
     return 0
 
@@ -151,12 +153,12 @@ def model_name(*sources: object) -> str | None:
 
 def session_id_from(metadata: Mapping[str, Any] | None) -> str | None:
     """The session a root run names in its metadata, if any."""
-    if not metadata:
+    if not metadata or not isinstance(metadata, Mapping):
         return None
     for key in SESSION_KEYS:
         value = metadata.get(key)
         if value is not None and value != "":
-            return str(value)
+            return value if type(value) is str else text(value)  # (an id with no text names nothing)
     return None
 
 
@@ -174,7 +176,7 @@ def replayed(message_id: object, run_id: str) -> bool:
 
 def with_overrides(settings: dict[str, Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """Session settings, overridden by a root run's `keito_project_id` / `_task_id` / `_agent_id`."""
-    if not metadata:
+    if not metadata or not isinstance(metadata, Mapping):
         return settings
     extra = {option: metadata[key] for key, option in _OPTION_KEYS.items() if metadata.get(key)}
     return {**settings, **extra} if extra else settings
@@ -226,7 +228,7 @@ class Call:
     def __init__(self, root: Root, metadata: Mapping[str, Any] | None, params: object) -> None:
         self.root = root
         self.born = root.born
-        self.metadata = metadata
+        self.metadata = metadata if type(metadata) is dict or isinstance(metadata, Mapping) else None
         self.params = params
         self.streamed = False  # output began: a failure after this still cost a request
         self.mark: object = None  # the kernel's framework-call mark, set while the call runs

@@ -237,7 +237,7 @@ def classify(attributes: Mapping[str, Any]) -> str:
         return MODEL_CALL
     if not is_genai(attributes):
         return OTHER  # the common case for a web app's own spans: one pass over the keys
-    if any(key.startswith("gen_ai.agent.") for key in attributes):
+    if any(type(key) is str and key.startswith("gen_ai.agent.") for key in attributes):
         return AGGREGATE
     if first_text(attributes, MODEL_KEYS) is not None and (
         first_int(attributes, INPUT_KEYS) is not None or first_int(attributes, OUTPUT_KEYS) is not None
@@ -253,7 +253,7 @@ def is_genai(attributes: Mapping[str, Any]) -> bool:
     False is always OTHER: the keys alone decide, nothing is copied.
     """
     for key in attributes:  # noqa: SIM110 - a plain loop: no generator per span on the hot path
-        if key.startswith(_GENAI_PREFIXES):
+        if type(key) is str and key.startswith(_GENAI_PREFIXES):  # (a hand-made span may have other keys)
             return True
     return False
 
