@@ -143,6 +143,7 @@ def warm_up() -> None:
         finally:
             _warm_lock.release()
 
+    _import_httpx2_first()
     # Held from here until the imports are done, so that a fork waits for them (_before_fork): a
     # child forked in the middle of an import would find that module's import lock held forever.
     _warm_lock.acquire()
@@ -151,6 +152,20 @@ def warm_up() -> None:
     except BaseException:
         _warm_lock.release()
         raise
+
+
+def _import_httpx2_first() -> None:
+    # genai-prices imports httpx2. openai 2.x looks httpx2 up in sys.modules on every request and
+    # uses it if present: a request made on another thread while our warm-up is still executing
+    # httpx2's import finds a half-initialised module and fails. When openai is loaded, import
+    # httpx2 here, once, on the caller's thread (a few tens of ms), before any thread of ours can.
+    import contextlib
+    import sys
+
+    if "openai" in sys.modules and "httpx2" not in sys.modules:
+        # (not installed, or broken: genai-prices will say so on its own thread)
+        with contextlib.suppress(Exception):
+            import httpx2  # noqa: F401
 
 
 def _warm_up_imports() -> None:
