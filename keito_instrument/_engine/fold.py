@@ -26,6 +26,9 @@ from .rollup import Rollups
 from .state import LiveSession, row_key
 
 _log = logging.getLogger("keito_instrument")
+# The kind of the dead letter kept for a session that could not be billed (never sent: its
+# payload is the session's state, for a fix and a re-fold).
+UNBILLABLE = "unbillable"
 
 MAX_READ = 8 * 1024 * 1024  # bytes read from one segment per fold
 MAX_DUE = 500  # open sessions examined per sweep
@@ -154,9 +157,8 @@ def fold(
             reason = _end_reason(live, settings, now, alive)
             if reason is not None:
                 conn.execute("DELETE FROM live WHERE key = ?", (live.key,))
-                one = _bill(live, reason, settings, hours, rollups)
+                one = _bill_one(conn, live, reason, settings, hours, rollups, state)
                 if one is not None:
-                    insert_built(conn, one, state)
                     built.append(one)
             else:
                 conn.execute(
@@ -249,6 +251,40 @@ def _due_at(live: LiveSession, settings: Settings, now: float) -> float:
     if live.first:
         due = min(due, max(now, live.first + settings.max_session_age))
     return due
+
+
+def _bill_one(conn: sqlite3.Connection, live: LiveSession, reason: str, settings: Settings, hours: HoursLedger,
+              rollups: Rollups, state: str) -> Built | None:
+    """Bill one ended session inside its own savepoint. A session whose records cannot be built
+    or written (a bug, or a value SQLite refuses) becomes one dead letter holding its state and
+    the reason, visible in `status`, instead of failing the fold of every other session."""
+    conn.execute("SAVEPOINT bill_one")
+    try:
+        one = _bill(live, reason, settings, hours, rollups)
+        if one is not None:
+            insert_built(conn, one, state)
+    except sqlite3.OperationalError:
+        conn.execute("ROLLBACK TO bill_one")
+        conn.execute("RELEASE bill_one")
+        raise  # the ledger itself (locked, full): the whole fold is retried
+    except Exception as exc:
+        conn.execute("ROLLBACK TO bill_one")
+        _unbillable(conn, live, exc)
+        one = None
+    conn.execute("RELEASE bill_one")
+    return one
+
+
+def _unbillable(conn: sqlite3.Connection, live: LiveSession, exc: Exception) -> None:
+    why = f"could not bill this session: {type(exc).__name__}: {exc}"[:300]
+    _log.error("keito-instrument: session %r %s; kept as a dead letter in the ledger", live.sid, why[5:])
+    now = time.time()
+    conn.execute(
+        "INSERT OR REPLACE INTO records (record_id, kind, session_id, spent_date, project_id, path, payload,"
+        " state, last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (f"unbillable-{live.key}", UNBILLABLE, str(live.sid), time.strftime("%Y-%m-%d", time.gmtime(live.first or now)),
+         None, "", live.dumps(), "dead", why, now, now),
+    )
 
 
 def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger,

@@ -286,7 +286,7 @@ def requeue_dead(spool: Spool) -> int:
     with spool.transaction() as conn:
         return conn.execute(
             "UPDATE records SET state='pending', next_attempt_at=0, ambiguous=0, updated_at=?"
-            " WHERE state='dead'",
+            " WHERE state='dead' AND kind != 'unbillable'",  # (a session's state, not a record to send)
             (time.time(),),
         ).rowcount
 

@@ -1,0 +1,37 @@
+"""A session that cannot be billed becomes one dead letter; every other session still bills."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import keito_instrument as keito
+from keito_instrument._engine import fold
+from keito_instrument._spool import Spool
+
+
+def test_one_unbillable_session_never_blocks_the_others(ledger: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fold.build
+
+    def build(snapshot: Any, *args: Any, **kwargs: Any) -> Any:
+        if snapshot.session_id == "poison":
+            raise RuntimeError("a bug in record building")
+        return real(snapshot, *args, **kwargs)
+
+    monkeypatch.setattr(fold, "build", build)
+    for sid in ("before", "poison", "after"):
+        with keito.session(session_id=sid):
+            keito.record_llm_call("gpt-4o-mini", "openai", input_tokens=10, output_tokens=2)
+    assert keito.flush(5.0)
+    assert sorted(s["session_id"] for s in ledger.sessions()) == ["after", "before"]
+    [dead] = ledger.records(state="dead")
+    assert dead["kind"] == fold.UNBILLABLE and dead["session_id"] == "poison"
+    assert "a bug in record building" in dead["last_error"]
+    from keito_instrument._export.queue import requeue_dead
+
+    assert requeue_dead(ledger) == 0  # a session's state is never sent as if it were a record
+    with keito.session(session_id="later"):  # and billing goes on
+        keito.record_llm_call("gpt-4o-mini", "openai", input_tokens=1, output_tokens=1)
+    assert keito.flush(5.0)
+    assert "later" in {s["session_id"] for s in ledger.sessions()}
