@@ -32,6 +32,7 @@ import keito_instrument as keito
 with keito.session(from_headers=json.loads(sys.argv[1]), agent_id="research-worker") as s:
     keito.record_llm_call("gpt-4o-mini", "openai", input_tokens=800, output_tokens=120)
     print(f"worker process joined session {s.session_id}")
+keito.end_session(s.session_id)  # this process's part is done: bill it now, not when idle
 """
 
 
@@ -77,8 +78,6 @@ def main() -> None:
         print(done.stdout.strip())
 
     delegate()
-    keito.flush(5.0)  # fold what the worker process wrote, then end its part (it would close when idle)
-    keito.end_session("research-2")
     keito.shutdown(timeout=5.0)
 
     # The same report as `keito-instrument report --by agent`.

@@ -384,6 +384,9 @@ def _target(session_id: str | None) -> tuple[Session, bool]:
             return enclosing, False
         # Work the session started (a thread, a task) still running after it was ended
         # explicitly: billed as a continuation under the same id and settings, not as a stray.
+        # (Not in a forked child: its parent's session is the parent's to bill.)
+        if enclosing.inherited:
+            return _pipeline.new_session(new_session_id(), SessionOptions()), True
         if enclosing.close == "idle":
             return _pipeline.registry.resolve(enclosing.session_id, enclosing.options, close="idle",
                                               join_current=False), False

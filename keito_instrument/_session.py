@@ -304,6 +304,7 @@ class Session:
         self.errors = 0
         self.had_runs = False
         self.ended = False
+        self.inherited = False  # a forked child's copy of its parent's session (the parent bills it)
         self._journal = journal
         self.ident = f"{self._wall0:.6f}"
 
@@ -580,4 +581,5 @@ class Session:
         # be released here, so the child gets a fresh one.
         self._lock = threading.Lock()
         self.ended = True
+        self.inherited = True
         self._journal = None
