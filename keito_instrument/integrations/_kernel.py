@@ -11,11 +11,12 @@ import difflib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from .._guard import report
 from .._provider_usage import usage_kwargs
 
 # The session settings an adapter accepts where the user constructs it or calls `instrument()`.
@@ -177,3 +178,55 @@ def record_provider_call(
     from .. import record_llm_call
 
     return bool(record_llm_call(model or "unknown", provider, call_id=response_id, **kwargs))
+
+
+# -- streams watched in place ---------------------------------------------------------------------
+def passthrough(items: Iterator[Any], see: Callable[[Any], None], end: Callable[[bool], None],
+                where: tuple[str, str]) -> Iterator[Any]:
+    """Yield `items` unchanged, showing each to `see`; at the end (`end(failed)`: the stream's own
+    error passes through unchanged, `failed` says there was one) close `items`. Our errors are
+    reported under `where` (the kinds for `see` and for `end`), never raised."""
+    failed = False
+    try:
+        for item in items:
+            try:
+                see(item)
+            except Exception as exc:
+                report(where[0], exc)
+            yield item
+    except Exception:
+        failed = True
+        raise
+    finally:
+        _finish(end, failed, where)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+async def apassthrough(items: AsyncIterator[Any], see: Callable[[Any], None], end: Callable[[bool], None],
+                       where: tuple[str, str]) -> AsyncIterator[Any]:
+    """The async form of `passthrough`."""
+    failed = False
+    try:
+        async for item in items:
+            try:
+                see(item)
+            except Exception as exc:
+                report(where[0], exc)
+            yield item
+    except Exception:
+        failed = True
+        raise
+    finally:
+        _finish(end, failed, where)
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _finish(end: Callable[[bool], None], failed: bool, where: tuple[str, str]) -> None:
+    try:
+        end(failed)
+    except Exception as exc:
+        report(where[1], exc)

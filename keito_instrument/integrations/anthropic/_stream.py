@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from keito_instrument.adapters import Session, guard
 
 from .. import _kernel
+from .._kernel import apassthrough, passthrough
 
 PROVIDER = "anthropic"
 # The usage fields a stream event may carry (cache_creation only on message_start).
@@ -32,8 +32,8 @@ _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "ca
                  "cache_creation", "server_tool_use", "output_tokens_details")
 _CONTENT = frozenset({"content_block_start", "content_block_delta", "content_block_stop"})
 
-_G_EVENT = guard("anthropic stream event")
-_G_END = guard("anthropic stream end")
+_KINDS = ("anthropic stream event", "anthropic stream end")
+_G_END = guard(_KINDS[1])
 
 
 def _swallow(where: guard, exc: Exception) -> None:
@@ -104,60 +104,14 @@ class StreamCall:
             _swallow(_G_END, exc)
 
 
-def observe(events: Iterator[Any], call: StreamCall) -> Iterator[Any]:
-    """Yield `events` unchanged, showing each to `call`; closing this closes `events`."""
-    failed = False
-    try:
-        for event in events:
-            try:
-                call.see(event)
-            except Exception as exc:
-                _swallow(_G_EVENT, exc)
-            yield event
-    except Exception:
-        failed = True  # (the stream's own error: it passes through unchanged)
-        raise
-    finally:
-        try:
-            call.end(failed)
-        except Exception as exc:
-            _swallow(_G_END, exc)
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
-
-
-async def aobserve(events: AsyncIterator[Any], call: StreamCall) -> AsyncIterator[Any]:
-    """The async form of `observe`."""
-    failed = False
-    try:
-        async for event in events:
-            try:
-                call.see(event)
-            except Exception as exc:
-                _swallow(_G_EVENT, exc)
-            yield event
-    except Exception:
-        failed = True
-        raise
-    finally:
-        try:
-            call.end(failed)
-        except Exception as exc:
-            _swallow(_G_END, exc)
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 def hook_stream(raw: Any, model: str | None, session: Session | None, is_async: bool) -> StreamCall | None:
     """Make the SDK stream `raw` show its events to a new `StreamCall` (once per stream)."""
     inner = raw._iterator
     code = getattr(inner, "ag_code" if is_async else "gi_code", None)
-    if code is (aobserve if is_async else observe).__code__:
+    if code is (apassthrough if is_async else passthrough).__code__:
         return None  # already observed (a helper built on a hooked call)
     call = StreamCall(model, session)
-    raw._iterator = aobserve(inner, call) if is_async else observe(inner, call)
+    raw._iterator = (apassthrough if is_async else passthrough)(inner, call.see, call.end, _KINDS)
     finalizer = weakref.finalize(raw, call.abandoned)  # dropped, read or not (the call was accepted)
     finalizer.atexit = False
     return call

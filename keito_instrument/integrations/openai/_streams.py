@@ -12,14 +12,14 @@ whose usage never came is counted with `usage_missing` (cost unknown, never zero
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..._guard import guard
-from .._kernel import record_provider_call
+from .._kernel import apassthrough, passthrough, record_provider_call
 
-_G_SEE = guard("openai stream chunk")
-_G_END = guard("openai stream end")
+_KINDS = ("openai stream chunk", "openai stream end")
+_G_END = guard(_KINDS[1])
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -85,40 +85,6 @@ def see_response_event(watch: Watch, event: Any) -> None:
 Seer = Callable[[Watch, Any], None]
 
 
-def _sync(inner: Iterator[Any], watch: Watch, see: Seer) -> Iterator[Any]:
-    failed = False
-    try:
-        for item in inner:
-            if not watch.done:
-                try:
-                    see(watch, item)
-                except Exception as exc:
-                    _swallow(_G_SEE, exc)
-            yield item
-    except Exception:
-        failed = True  # (the stream's own error: it passes through unchanged)
-        raise
-    finally:
-        _end(watch, failed)
-
-
-async def _async(inner: AsyncIterator[Any], watch: Watch, see: Seer) -> AsyncIterator[Any]:
-    failed = False
-    try:
-        async for item in inner:
-            if not watch.done:
-                try:
-                    see(watch, item)
-                except Exception as exc:
-                    _swallow(_G_SEE, exc)
-            yield item
-    except Exception:
-        failed = True
-        raise
-    finally:
-        _end(watch, failed)
-
-
 def _end(watch: Watch, failed: bool) -> None:
     """The stream ended, failed or was closed: count it, unless it failed before any output."""
     if watch.done or (failed and not watch.began):
@@ -135,7 +101,13 @@ def watch_stream(stream: Any, watch: Watch, see: Seer, is_async: bool) -> bool:
     inner = getattr(stream, "_iterator", None)
     if inner is None:
         return False
-    stream._iterator = _async(inner, watch, see) if is_async else _sync(inner, watch, see)
+
+    def show(item: Any) -> None:
+        if not watch.done:
+            see(watch, item)
+
+    stream._iterator = (apassthrough if is_async else passthrough)(inner, show, lambda failed: _end(watch, failed),
+                                                                   _KINDS)
     finalizer = weakref.finalize(stream, watch.abandoned)  # dropped before (or without) reading
     finalizer.atexit = False
     return True
