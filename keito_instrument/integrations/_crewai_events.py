@@ -35,6 +35,7 @@ from typing import Any
 from .._metadata import text
 from .._usage import raw_details
 from ..adapters import Run, begin_run, end_run, get_session, guard
+from ._kernel import CallUsage
 
 _log = logging.getLogger("keito_instrument")
 
@@ -92,16 +93,7 @@ class CrewEvent:
     streamed: bool = False
 
 
-@dataclass(frozen=True)
-class Tokens:
-    """Token counts of one call in keito's convention (input includes cache, output reasoning)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    details: Mapping[str, int] | None = None  # 1-hour cache writes, audio, web searches
+Tokens = CallUsage  # (the kernel's one usage type; the name this module has always exported)
 
 
 def _int(usage: Mapping[str, Any], *names: str) -> int | None:
@@ -167,7 +159,7 @@ def tokens_from_usage(usage: Mapping[str, Any] | None) -> Tokens | None:
         cache_read_tokens=cache_read or 0,
         cache_write_tokens=cache_write or 0,
         reasoning_tokens=reasoning or 0,
-        details=raw_details(usage) or None,
+        details=dict(raw_details(usage)) or None,
     )
 
 

@@ -14,10 +14,27 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from .._guard import report
 from .._provider_usage import usage_kwargs
+
+
+@dataclass(slots=True)
+class CallUsage:
+    """Tokens of one model call, in the core's convention: input includes its cache parts, output
+    its reasoning; `details` holds the rarer kinds under `record_llm_call`'s keyword names."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached: bool = False
+    missing: bool = False
+    details: dict[str, int] | None = None
+
 
 # The session settings an adapter accepts where the user constructs it or calls `instrument()`.
 SESSION_OPTIONS = frozenset(

@@ -14,13 +14,14 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
 from keito_instrument import Run, Session, get_settings
 from keito_instrument._metadata import text
 from keito_instrument._usage import raw_details
+
+from ._kernel import CallUsage
 
 _log = logging.getLogger("keito_instrument")
 
@@ -32,20 +33,6 @@ _MODEL_KEYS = ("model_name", "model", "model_id")
 _OPTION_KEYS = {"keito_project_id": "project_id", "keito_task_id": "task_id", "keito_agent_id": "agent_id"}
 # LangGraph raises these to steer a graph (interrupts, Command(goto=parent)); they are not failures.
 _CONTROL_FLOW = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"})
-
-
-@dataclass(slots=True)
-class CallUsage:
-    """Tokens of one model call, in the package's convention."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached: bool = False
-    missing: bool = False
-    details: dict[str, int] | None = None  # `record_llm_call` keywords: 1-hour cache writes, audio, searches
 
 
 def _int(value: object) -> int:

@@ -26,10 +26,9 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
-from ._kernel import SESSION_OPTIONS, check_options, mark_framework_call, reset_mark
+from ._kernel import SESSION_OPTIONS, CallUsage, check_options, mark_framework_call, reset_mark
 from ._langchain_usage import (
     Call,
-    CallUsage,
     Root,
     RunTable,
     add_raw_details,
