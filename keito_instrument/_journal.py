@@ -100,7 +100,10 @@ class Journal:
     # -- the hot path ----------------------------------------------------------------------------
     def append(self, event: list[Any], wake: bool = False) -> None:
         """Write one event durably (one `write()`); never raises."""
-        data = (_dumps(event) + "\n").encode("utf-8", "replace")
+        self.append_line((_dumps(event) + "\n").encode("utf-8", "replace"), wake)
+
+    def append_line(self, data: bytes, wake: bool = False) -> None:
+        """Write one already encoded event line (ending in a newline) durably; never raises."""
         fd = self.fd if self.fd >= 0 else self._open()
         if fd >= 0:
             try:

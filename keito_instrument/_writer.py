@@ -11,7 +11,6 @@ warnings, `keito-instrument status` and `unwritten()`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -237,6 +236,8 @@ def _status_dir() -> str:
 
 
 def _status_file(ledger_path: str, owner: str) -> str:
+    import hashlib  # (here: it costs 4 ms at import)
+
     digest = hashlib.sha256(ledger_path.encode("utf-8", "replace")).hexdigest()[:16]
     return os.path.join(_status_dir(), f"{digest}.{owner}.json")
 

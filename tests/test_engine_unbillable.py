@@ -30,8 +30,13 @@ def test_one_unbillable_session_never_blocks_the_others(ledger: Spool, monkeypat
     assert "a bug in record building" in dead["last_error"]
     from keito_instrument._export.queue import requeue_dead
 
-    assert requeue_dead(ledger) == 0  # a session's state is never sent as if it were a record
     with keito.session(session_id="later"):  # and billing goes on
         keito.record_llm_call("gpt-4o-mini", "openai", input_tokens=1, output_tokens=1)
     assert keito.flush(5.0)
     assert "later" in {s["session_id"] for s in ledger.sessions()}
+    monkeypatch.undo()  # fixed: the retry hands the session back to billing, never to the exporter
+    assert requeue_dead(ledger) == 1
+    assert keito.flush(5.0)
+    [row] = [s for s in ledger.sessions() if s["session_id"] == "poison"]
+    assert (row["llm_calls"], row["input_tokens"]) == (1, 10)
+    assert ledger.records(state="dead") == []

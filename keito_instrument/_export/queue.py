@@ -282,13 +282,29 @@ def open_counts(spool: Spool) -> tuple[int, int, float | None]:
 
 
 def requeue_dead(spool: Spool) -> int:
-    """Send dead letters again (after their cause was fixed, e.g. a project the key may now use)."""
+    """Send dead letters again (after their cause was fixed, e.g. a project the key may now use).
+
+    A session that could not be billed (kind 'unbillable', its state kept) goes back to the
+    billing engine, due at once, so the next fold bills it with the code and settings of now.
+    """
+    now = time.time()
     with spool.transaction() as conn:
-        return conn.execute(
+        unbillable = conn.execute(
+            "SELECT record_id, session_id, payload FROM records WHERE state='dead' AND kind='unbillable'"
+        ).fetchall()
+        for record_id, session_id, state in unbillable:
+            conn.execute(
+                "INSERT OR REPLACE INTO live (key, session_id, state, last_activity, due_at, updated_at)"
+                " VALUES (?,?,?,?,0,?)",
+                (record_id.removeprefix("unbillable-"), session_id, state, now, now),
+            )
+            conn.execute("DELETE FROM records WHERE record_id = ?", (record_id,))
+        revived: int = conn.execute(
             "UPDATE records SET state='pending', next_attempt_at=0, ambiguous=0, updated_at=?"
-            " WHERE state='dead' AND kind != 'unbillable'",  # (a session's state, not a record to send)
-            (time.time(),),
+            " WHERE state='dead'",
+            (now,),
         ).rowcount
+    return revived + len(unbillable)
 
 
 def next_due(spool: Spool) -> float | None:

@@ -1,0 +1,29 @@
+"""The call line's fast encoding is the JSON encoder's, value for value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import keito_instrument as keito
+from keito_instrument._journal import _dumps
+from keito_instrument._usage import normalised_call
+
+
+@pytest.mark.parametrize(("model", "provider", "sid"), [
+    ("gpt-4o-mini", "openai", "plain"),
+    ("claude \"quoted\" \\ model", None, "ünïcødé-ß-😀"),
+    ("m\u2028odel\x00", "p\nq", "id\ud800lone"),  # line separators, NULs and a lone surrogate
+])
+def test_the_fast_line_parses_to_what_the_encoder_writes(model: str, provider: str | None, sid: str) -> None:
+    with keito.session(session_id=sid) as session:
+        usage = normalised_call(model, provider, input_tokens=1_234, output_tokens=56, cache_read_tokens=7,
+                                reasoning_tokens=8, usage_missing=True)
+        fast = json.loads(session._call_line(usage, None))
+        slow = json.loads((_dumps(["c", session.session_id, session.ident, session.close[0], fast[4], usage.model,
+                                   usage.provider, usage.input_tokens, usage.output_tokens, 7, 0, 8, 0, 1, None,
+                                   None]) + "\n")
+                          .encode("utf-8", "replace"))
+    assert fast == slow and fast[7:14] == [1_234, 56, 7, 0, 8, 0, 1]
+    assert b"\n" not in session._call_line(usage, None)[:-1]  # one line, whatever the names hold
