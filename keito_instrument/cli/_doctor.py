@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from .._config import ENV_VARS, Settings, get_settings, setting_problems
-from .._export.client import error_reason, headers
+from .._export.client import ANSWER_CAP, error_reason, headers
 from .._spool import get_spool
 
 Check = tuple[str, str, str]  # (ok | warn | FAIL, what, detail)
@@ -48,15 +48,31 @@ def check_user(settings: Settings, timeout: float, transport: httpx.BaseTranspor
             "(--timeout): Keito, a proxy or the network is too slow")
 
 
+def _get_capped(client: httpx.Client, path: str) -> httpx.Response | None:
+    """GET `path`, its body read up to the exporter's answer cap (None past it): a broken or
+    hostile server cannot fill doctor's memory."""
+    with client.stream("GET", path) as streamed:
+        body = bytearray()
+        for chunk in streamed.iter_bytes():
+            body += chunk
+            if len(body) > ANSWER_CAP:
+                return None
+        kept = {k: v for k, v in streamed.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        return httpx.Response(streamed.status_code, headers=kept, content=bytes(body), request=streamed.request)
+
+
 def _get_user(settings: Settings, timeout: float, transport: httpx.BaseTransport | None) -> Check:
     what = "credentials"
     try:
         with httpx.Client(
             base_url=settings.base_url, headers=headers(settings), timeout=timeout, transport=transport
         ) as client:
-            response = client.get("/api/v2/users/me")
+            response = _get_capped(client, "/api/v2/users/me")
     except httpx.HTTPError as exc:
         return ("FAIL", what, f"cannot reach {settings.base_url}: {type(exc).__name__}")
+    if response is None:
+        return ("FAIL", what, f"the answer of {settings.base_url}/api/v2/users/me is larger than "
+                f"{ANSWER_CAP >> 20} MiB: is KEITO_BASE_URL right?")
     if response.status_code == 401:
         return (
             "FAIL",

@@ -154,3 +154,21 @@ def test_doctor_reports_an_unreachable_keito(capsys: pytest.CaptureFixture[str])
         connect(server)
     assert main(["doctor", "--timeout", "2"]) == 1
     assert "cannot reach http://127.0.0.1:" in capsys.readouterr().out
+
+
+def test_doctor_reads_a_huge_answer_only_up_to_its_cap(capsys: pytest.CaptureFixture[str]) -> None:
+    import tracemalloc
+
+    from keito_instrument.testing import Fault
+
+    with KeitoTestServer() as server:
+        connect(server)
+        server.misbehave_next(Fault("huge_body", status=200, size=200 << 20, methods=("GET",)))
+        tracemalloc.start()
+        try:
+            assert main(["doctor", "--timeout", "20"]) == 1
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert "larger than 1 MiB" in capsys.readouterr().out
+    assert peak < 32 << 20  # a 200 MiB answer never held in memory
