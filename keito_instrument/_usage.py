@@ -179,20 +179,21 @@ def normalised_call(
     `details` holds the rarer kinds (`DETAIL_FIELDS`); `cache_write_5m_tokens` is accepted there
     too and only raises `cache_write_tokens` to the sum of both lifetimes.
     """
-    usage = ModelUsage(
-        model=_name(model),
-        provider=(provider.strip() or None) if isinstance(provider, str) else None if provider is None
-        else _name(provider),
-        input_tokens=_count("input_tokens", input_tokens),
-        output_tokens=_count("output_tokens", output_tokens),
-        cache_read_tokens=_count("cache_read_tokens", cache_read_tokens),
-        cache_write_tokens=_count("cache_write_tokens", cache_write_tokens),
-        reasoning_tokens=_count("reasoning_tokens", reasoning_tokens),
-        calls=1,
+    usage = ModelUsage(  # (positional: this runs on the host's thread for every call)
+        (model.strip() or "unknown") if type(model) is str else _name(model),
+        (provider.strip() or None) if type(provider) is str else None if provider is None else _name(provider),
+        _count("input_tokens", input_tokens),
+        _count("output_tokens", output_tokens),
+        _count("cache_read_tokens", cache_read_tokens),
+        _count("cache_write_tokens", cache_write_tokens),
+        _count("reasoning_tokens", reasoning_tokens),
+        1,
     )
     if details:
         _apply_details(usage, details)
-    _check_parts(usage)
+    if (details or usage.input_tokens < usage.cache_read_tokens + usage.cache_write_tokens
+            or usage.output_tokens < usage.reasoning_tokens):
+        _check_parts(usage)
     if cached:
         for name in TOKEN_FIELDS:
             setattr(usage, name, 0)

@@ -90,7 +90,11 @@ def test_bad_token_values_do_not_raise_into_the_host(ledger: Spool, caplog: pyte
     assert "negative input_tokens" in caplog.text
 
 
-def test_a_wrongly_typed_count_is_dropped_and_the_call_kept(ledger: Spool, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_wrongly_typed_count_is_dropped_and_the_call_kept(ledger: Spool, caplog: pytest.LogCaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from keito_instrument import _usage
+
+    monkeypatch.setattr(_usage, "_warned", set())  # (warned once per process: earlier tests may have)
     with keito.session():
         assert keito.record_llm_call("gpt-4o", input_tokens="many", output_tokens=1) is True  # type: ignore[arg-type]
     [row] = ledger.sessions()
