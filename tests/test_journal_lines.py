@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -27,3 +28,20 @@ def test_the_fast_line_parses_to_what_the_encoder_writes(model: str, provider: s
                           .encode("utf-8", "replace"))
     assert fast == slow and fast[7:14] == [1_234, 56, 7, 0, 8, 0, 1]
     assert b"\n" not in session._call_line(usage, None)[:-1]  # one line, whatever the names hold
+
+
+@pytest.mark.parametrize("fields", [
+    (), (7, 1.25, None), ("s\u2028", "quote\"", -3, 0.1 + 0.2), (float("nan"),), (True,), ({"a": 1},), ([1],),
+])
+def test_a_scalar_line_is_the_encoders_or_leaves_it_to_the_encoder(fields: tuple[object, ...]) -> None:
+    from keito_instrument._session import _scalar_line
+
+    line = _scalar_line("b", "sid-\u00e9", "1.5", "r", fields)
+    simple = all(type(v) in (int, str, type(None)) or (type(v) is float and math.isfinite(v)) for v in fields)
+    if not simple:
+        assert line is None  # a bool, a dict, a list or a NaN: the JSON encoder writes it
+        return
+    assert line is not None and line.endswith(b"\n") and b"\n" not in line[:-1]
+    parsed = json.loads(line)
+    assert parsed[:4] == ["b", "sid-\u00e9", "1.5", "r"] and isinstance(parsed[4], float)
+    assert parsed[5:] == list(fields)
