@@ -205,7 +205,11 @@ def test_every_payload_from_real_sessions_is_valid_against_the_contract(ledger: 
         assert json.loads(record["payload"]["metadata"]["nested"]) == {"not": "flat"}
 
 
-def test_anthropic_style_input_is_normalised(ledger: Spool, caplog: pytest.LogCaptureFixture) -> None:
+def test_anthropic_style_input_is_normalised(ledger: Spool, caplog: pytest.LogCaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from keito_instrument import _usage
+
+    monkeypatch.setattr(_usage, "_warned", set())  # (warned once per process: earlier tests may have)
     with keito.session():
         # input excludes the cache (Anthropic): 100 uncached + 900 cache read
         keito.record_llm_call("claude-sonnet-4-5", "anthropic", input_tokens=100, cache_read_tokens=900,

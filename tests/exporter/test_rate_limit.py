@@ -236,7 +236,10 @@ def test_a_429_pauses_every_request_of_the_exporter(keito_server: KeitoTestServe
     requests = keito_server.requests
     first = next(i for i, r in enumerate(requests) if r.status == 429)
     limited_at = requests[first].at
-    # Requests already on their way when the 429 came arrive at once; then nothing for 2 s.
-    later = [r.at - limited_at for r in requests[first + 1 :] if r.at - limited_at > 0.3]
-    assert later and min(later) >= 1.9
+    # Requests already on their way when the 429 came (at most the 8 in flight; on a loaded
+    # machine they may arrive late) and then nothing until the 2 s are over.
+    after = [r.at - limited_at for r in requests[first + 1 :]]
+    in_flight = [t for t in after if t < 1.9]
+    assert len(in_flight) <= 8, in_flight
+    assert len(after) > len(in_flight)  # the rest waited out the Retry-After
     assert keito_server.duplicates() == {}
