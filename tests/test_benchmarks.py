@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
 # The framework a benchmark measures: without it (the core-only test run) it is skipped.
-NEEDS = {"bench_langchain.py": "langchain_core", "bench_crewai.py": "crewai", "bench_otel.py": "opentelemetry.sdk"}
+NEEDS = {"bench_langchain.py": "langchain_core", "bench_crewai.py": "crewai", "bench_otel.py": "opentelemetry.sdk",
+         "bench_openai.py": "openai"}
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
