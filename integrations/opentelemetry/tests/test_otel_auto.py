@@ -14,6 +14,8 @@ import pytest
 from keito_instrument._spool import Spool
 
 pytest.importorskip("opentelemetry.instrumentation.auto_instrumentation")
+# The zero-code path needs the distro, whose configurator sets the SDK TracerProvider.
+pytest.importorskip("opentelemetry.distro")
 
 SCRIPT = textwrap.dedent("""
     from opentelemetry import trace
