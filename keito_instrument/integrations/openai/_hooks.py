@@ -118,23 +118,31 @@ def failed(resource: Any, method: Method, kwargs: dict[str, Any], exc: BaseExcep
         _swallow(_G_ERROR, inner)
 
 
+def _on_result(client: Any, method: Method, kwargs: dict[str, Any], result: Any) -> None:
+    # What both wrappers do with an answer: count it, unless off or a framework layer records it.
+    if method.live.on and in_framework_call() is None:
+        try:
+            after(client, method, kwargs, result)
+        except Exception as exc:
+            _swallow(_G_CALL, exc)
+
+
+def _on_error(client: Any, method: Method, kwargs: dict[str, Any], exc: Exception) -> None:
+    if method.live.on and in_framework_call() is None:
+        failed(client, method, kwargs, exc)
+
+
 def sync_wrapper(original: Callable[..., Any], method: Method) -> Callable[..., Any]:
     """A wrapper for a sync resource method (`Completions.create`, ...)."""
-    live = method.live
 
     @functools.wraps(original)
     def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             result = original(self, *args, **kwargs)
         except Exception as exc:
-            if live.on and in_framework_call() is None:
-                failed(self, method, kwargs, exc)
+            _on_error(self, method, kwargs, exc)
             raise
-        if live.on and in_framework_call() is None:
-            try:
-                after(self, method, kwargs, result)
-            except Exception as exc:
-                _swallow(_G_CALL, exc)
+        _on_result(self, method, kwargs, result)
         return result
 
     patched.__keito_original__ = original  # type: ignore[attr-defined]
@@ -143,21 +151,15 @@ def sync_wrapper(original: Callable[..., Any], method: Method) -> Callable[..., 
 
 def async_wrapper(original: Callable[..., Any], method: Method) -> Callable[..., Any]:
     """A wrapper for an async resource method (`AsyncCompletions.create`, ...): a coroutine function too."""
-    live = method.live
 
     @functools.wraps(original)
     async def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             result = await original(self, *args, **kwargs)
         except Exception as exc:
-            if live.on and in_framework_call() is None:
-                failed(self, method, kwargs, exc)
+            _on_error(self, method, kwargs, exc)
             raise
-        if live.on and in_framework_call() is None:
-            try:
-                after(self, method, kwargs, result)
-            except Exception as exc:
-                _swallow(_G_CALL, exc)
+        _on_result(self, method, kwargs, result)
         return result
 
     patched.__keito_original__ = original  # type: ignore[attr-defined]
