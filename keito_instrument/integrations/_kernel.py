@@ -87,8 +87,10 @@ class Switch:
     undoes it. Both run under a lock, so concurrent `instrument()` calls install once.
     """
 
-    def __init__(self, install: Callable[..., Any], remove: Callable[[Any], None]) -> None:
+    def __init__(self, install: Callable[..., Any], remove: Callable[[Any], None], *,
+                 client_hook: bool = False) -> None:
         self._install, self._remove = install, remove
+        self._client_hook = client_hook
         self._lock = threading.Lock()
         self.handle: Any = None
 
@@ -97,12 +99,15 @@ class Switch:
         with self._lock:
             if self.handle is None:
                 self.handle = self._install(*args, **kwargs)
+                if self._client_hook:
+                    CLIENT_HOOKS.add(id(self))
             return self.handle
 
     def off(self) -> None:
         """Remove what `on` installed (a no-op when off)."""
         with self._lock:
             handle, self.handle = self.handle, None
+            CLIENT_HOOKS.discard(id(self))
             if handle is not None:
                 self._remove(handle)
 
@@ -117,6 +122,9 @@ class Switch:
 # call itself marks the context while the call runs; a client hook (the OpenAI or Anthropic
 # client) seeing the mark leaves the call to it. The framework layer wins: it knows the session.
 _framework_call: ContextVar[str | None] = ContextVar("keito_framework_call", default=None)
+# The client hooks installed now (a `Switch(..., client_hook=True)` each): with none, a framework
+# adapter need not mark its calls at all (a context variable set and reset per call is not free).
+CLIENT_HOOKS: set[int] = set()
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
-from ._kernel import SESSION_OPTIONS, CallUsage, check_options, mark_framework_call, reset_mark
+from ._kernel import CLIENT_HOOKS, SESSION_OPTIONS, CallUsage, check_options, mark_framework_call, reset_mark
 from ._langchain_usage import (
     Call,
     Root,
@@ -217,12 +217,14 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 root = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
                 call = Call(root, metadata, kwargs.get("invocation_params"))
                 _table.add(key, call)
-                call.mark = mark_framework_call("langchain")  # client hooks (OpenAI...) leave it to us
+                if CLIENT_HOOKS:  # an instrumented OpenAI/Anthropic client leaves the call to us
+                    call.mark = mark_framework_call("langchain")
                 return
             root_or_none = self._start(run_id, parent_run_id, metadata)  # a model called on its own
             if root_or_none is not None:
                 call = _nodes[key] = Call(root_or_none, metadata, kwargs.get("invocation_params"))
-                call.mark = mark_framework_call("langchain")
+                if CLIENT_HOOKS:
+                    call.mark = mark_framework_call("langchain")
         except Exception as exc:
             _swallow(_G_START, exc)
 

@@ -52,7 +52,7 @@ def _remove(patches: Any) -> None:
     _patch.remove(patches)
 
 
-_switch = Switch(_install, _remove)
+_switch = Switch(_install, _remove, client_hook=True)
 
 
 def instrument() -> None:

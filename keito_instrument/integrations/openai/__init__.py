@@ -90,7 +90,7 @@ def _remove(handle: tuple[Live, list[Patch]]) -> None:
             setattr(cls, name, original)
 
 
-_switch = Switch(_install, _remove)
+_switch = Switch(_install, _remove, client_hook=True)
 
 
 def instrument(**options: Any) -> None:
