@@ -18,8 +18,8 @@ from crewai.tools import tool
 import keito_instrument as keito
 from conftest import FINAL, TOOL_STEP, Probe, make_crew, settle
 from keito_instrument._spool import Spool
-from keito_instrument.integrations import _crewai_events as ev
 from keito_instrument.integrations import crewai as keito_crewai
+from keito_instrument.integrations.crewai import _events as ev
 
 PER_CALL = 120  # the fake's default usage: 100 prompt + 20 completion tokens
 

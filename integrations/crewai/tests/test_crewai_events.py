@@ -13,8 +13,8 @@ import pytest
 
 import keito_instrument as keito
 from keito_instrument._spool import Spool
-from keito_instrument.integrations import _crewai_events as ev
-from keito_instrument.integrations._crewai_events import (
+from keito_instrument.integrations.crewai import _events as ev
+from keito_instrument.integrations.crewai._events import (
     CrewEvent,
     KickoffAssembler,
     Tokens,

@@ -19,8 +19,8 @@ pytest.importorskip("hypothesis")
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keito_instrument.integrations import _crewai_events as ev
-from keito_instrument.integrations._crewai_events import CrewEvent, KickoffAssembler
+from keito_instrument.integrations.crewai import _events as ev
+from keito_instrument.integrations.crewai._events import CrewEvent, KickoffAssembler
 from tests._hostile import (
     Checker,
     delivering,

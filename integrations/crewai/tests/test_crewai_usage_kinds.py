@@ -5,8 +5,8 @@ from __future__ import annotations
 import types
 
 from keito_instrument._spool import Spool
-from keito_instrument.integrations import _crewai_events as ev
-from keito_instrument.integrations._crewai_events import CrewEvent, KickoffAssembler, tokens_from_usage
+from keito_instrument.integrations.crewai import _events as ev
+from keito_instrument.integrations.crewai._events import CrewEvent, KickoffAssembler, tokens_from_usage
 
 # Anthropic's own usage block: input excludes the cache parts, and `cache_creation` splits the
 # writes by lifetime (a dict, or the anthropic SDK's object when a provider passes it through).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from keito_instrument.integrations._langchain_usage import (
+from keito_instrument.integrations.langchain._usage import (
     CallUsage,
     from_llm_output,
     from_usage_metadata,

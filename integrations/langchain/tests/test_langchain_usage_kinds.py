@@ -10,8 +10,8 @@ from genai_prices import Usage, calc_price
 from langchain_core.messages import AIMessage
 
 from keito_instrument._spool import Spool
-from keito_instrument.integrations._langchain_usage import from_usage_metadata
 from keito_instrument.integrations.langchain import KeitoCallbackHandler
+from keito_instrument.integrations.langchain._usage import from_usage_metadata
 
 
 def anthropic_reply() -> AIMessage:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from keito_instrument.integrations import _otel_attrs as a
+from keito_instrument.integrations.otel import _attrs as a
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from opentelemetry import context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from keito_instrument._spool import Spool
-from keito_instrument.integrations import _otel_attrs
 from keito_instrument.integrations.otel import KeitoSpanProcessor
+from keito_instrument.integrations.otel import _attrs as _otel_attrs
 
 CHAT: dict[str, str | int] = {
     "gen_ai.operation.name": "chat",

@@ -10,7 +10,7 @@ from genai_prices import Usage, calc_price
 
 import keito_instrument as keito
 from keito_instrument._spool import Spool
-from keito_instrument.integrations import _otel_attrs as attrs
+from keito_instrument.integrations.otel import _attrs as attrs
 
 SPAN = {
     "gen_ai.operation.name": "chat",

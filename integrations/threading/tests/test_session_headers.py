@@ -38,7 +38,7 @@ def test_the_helper_adds_the_session_to_existing_baggage() -> None:
 
 def test_the_key_is_the_one_the_span_processor_reads() -> None:
     pytest.importorskip("opentelemetry.sdk")
-    from keito_instrument.integrations._otel_attrs import BAGGAGE_SESSION_KEYS
+    from keito_instrument.integrations.otel._attrs import BAGGAGE_SESSION_KEYS
 
     assert _baggage.SESSION_KEY in BAGGAGE_SESSION_KEYS
 

@@ -21,7 +21,7 @@ from keito_instrument import Run, Session, get_settings
 from keito_instrument._metadata import text
 from keito_instrument._usage import raw_details
 
-from ._kernel import CallUsage
+from .._kernel import CallUsage
 
 _log = logging.getLogger("keito_instrument")
 

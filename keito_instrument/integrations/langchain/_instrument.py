@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.tracers import context as _lc_context
 
 if TYPE_CHECKING:
-    from .langchain import KeitoCallbackHandler
+    from . import KeitoCallbackHandler
 
 _log = logging.getLogger("keito_instrument")
 
@@ -51,7 +51,7 @@ def instrument(**session_settings: Any) -> KeitoCallbackHandler | None:
     if os.environ.get(ENV_VAR, "").strip().lower() in _FALSE:
         _log.info("keito-instrument: LangChain instrumentation switched off by %s", ENV_VAR)
         return None
-    from .langchain import KeitoCallbackHandler  # at call time: langchain.py imports this module
+    from . import KeitoCallbackHandler  # at call time: the package imports this module
 
     with _instrument_lock:
         if _global is None or _hook_var is None:

@@ -36,7 +36,8 @@ from typing import Any
 
 from keito_instrument.adapters import current_session, guard, missing_extra
 
-from ._crewai_events import (
+from .._kernel import check_options
+from ._events import (
     KICKOFF_COMPLETED,
     KICKOFF_FAILED,
     KICKOFF_STARTED,
@@ -49,7 +50,6 @@ from ._crewai_events import (
     CrewEvent,
     KickoffAssembler,
 )
-from ._kernel import check_options
 
 __all__ = ["KeitoCrewListener", "instrument", "is_instrumented", "uninstrument"]
 

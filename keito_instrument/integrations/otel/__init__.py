@@ -15,7 +15,7 @@ with its root span. Billed time is the union of the root spans, by the spans' ow
 The session is opened lazily, at the trace's first GenAI span (back-dated to its roots' starts):
 until then a trace is a light record (root ids, start times, the session hints read at start), so
 a trace with no GenAI span at all (a plain web request) never touches the core and bills nothing.
-Only model-call spans add usage (see `_otel_attrs.classify` and the README).
+Only model-call spans add usage (see `_attrs.classify` and the README).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from typing_extensions import override
 
 import keito_instrument as _keito
 
-from .. import adapters as _api
-from ..adapters import Run, Session, guard
-from . import _otel_attrs as attrs
-from . import missing_extra
-from ._kernel import check_options
+from ... import adapters as _api
+from ...adapters import Run, Session, guard
+from .. import missing_extra
+from .._kernel import check_options
+from . import _attrs as attrs
 
 try:
     from opentelemetry import baggage
@@ -427,7 +427,7 @@ def _suppressed(ctx: otel_context.Context) -> bool:
 
 
 def _session_hint(span: Span, ctx: otel_context.Context) -> str | None:
-    """A session id named at the root's start: its attributes, else the context (see `_otel_attrs`)."""
+    """A session id named at the root's start: its attributes, else the context (see `_attrs`)."""
     found = attrs.session_id_from(span.attributes)
     if found is not None or not ctx:
         return found

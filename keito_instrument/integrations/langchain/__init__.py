@@ -26,8 +26,8 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
-from ._kernel import CLIENT_HOOKS, SESSION_OPTIONS, CallUsage, check_options, mark_framework_call, reset_mark
-from ._langchain_usage import (
+from .._kernel import CLIENT_HOOKS, SESSION_OPTIONS, CallUsage, check_options, mark_framework_call, reset_mark
+from ._usage import (
     Call,
     Root,
     RunTable,
@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     raise missing_extra("LangChain", "langchain") from exc
 
 # After the check above: the process-wide instrumentation imports langchain-core too.
-from ._langchain_instrument import _TRUE, ENV_VAR, instrument, is_instrumented, uninstrument
+from ._instrument import _TRUE, ENV_VAR, instrument, is_instrumented, uninstrument
 
 __all__ = ["ENV_VAR", "KeitoCallbackHandler", "instrument", "is_instrumented", "uninstrument"]
 

@@ -32,10 +32,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._metadata import text
-from .._usage import raw_details
-from ..adapters import Run, begin_run, end_run, get_session, guard
-from ._kernel import CallUsage
+from ..._metadata import text
+from ..._usage import raw_details
+from ...adapters import Run, begin_run, end_run, get_session, guard
+from .._kernel import CallUsage
 
 _log = logging.getLogger("keito_instrument")
 
