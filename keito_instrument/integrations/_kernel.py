@@ -84,23 +84,27 @@ class Switch:
     """One adapter's on/off state: `instrument()` installs once, `uninstrument()` reverses it.
 
     `install` returns the handle to keep (a listener, a processor, the patches made); `remove`
-    undoes it. Both run under a lock, so concurrent `instrument()` calls install once.
+    undoes it. `update`, if given, is called with the handle and the arguments when `on` is
+    called again while installed (new settings for the installed hook). All three run under a
+    lock, so concurrent `instrument()` calls install once.
     """
 
     def __init__(self, install: Callable[..., Any], remove: Callable[[Any], None], *,
-                 client_hook: bool = False) -> None:
-        self._install, self._remove = install, remove
+                 update: Callable[..., None] | None = None, client_hook: bool = False) -> None:
+        self._install, self._remove, self._update = install, remove, update
         self._client_hook = client_hook
         self._lock = threading.Lock()
         self.handle: Any = None
 
     def on(self, *args: Any, **kwargs: Any) -> Any:
-        """Install (once) and return the handle."""
+        """Install (once; later calls go to `update`) and return the handle."""
         with self._lock:
             if self.handle is None:
                 self.handle = self._install(*args, **kwargs)
                 if self._client_hook:
                     CLIENT_HOOKS.add(id(self))
+            elif self._update is not None:
+                self._update(self.handle, *args, **kwargs)
             return self.handle
 
     def off(self) -> None:
