@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import keito_instrument as keito
@@ -72,3 +74,43 @@ def test_every_adapter_names_a_misspelt_option() -> None:
     with pytest.raises(TypeError, match=r"'taks_id'.*'task_id'"):
         keito_crewai.KeitoCrewListener(taks_id="t")
     KeitoCallbackHandler(project_id="p", idle_timeout=60)  # the documented settings still work
+
+
+def test_every_adapter_subpackage_is_registered_for_keito_instrument() -> None:
+    import pathlib
+
+    from keito_instrument import integrations
+
+    here = pathlib.Path(integrations.__file__).parent
+    subpackages = {p.name for p in here.iterdir() if (p / "__init__.py").exists()}
+    # otel needs the application's TracerProvider: it is added as a span processor, not switched on
+    assert set(integrations.discover()) == subpackages - {"otel"}
+    assert integrations.discover()["langchain"] == "langchain_core"
+
+
+def test_another_packages_adapter_is_discovered_and_enabled(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Any) -> None:
+    import sys
+    from importlib import metadata
+
+    from keito_instrument import integrations
+
+    (tmp_path / "acme_keito_adapter.py").write_text("calls = []\ndef instrument():\n    calls.append(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ours = list(metadata.entry_points(group=integrations.GROUP))
+    theirs = metadata.EntryPoint(name="json", value="acme_keito_adapter", group=integrations.GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [*ours, theirs] if group == integrations.GROUP else [])
+    found = integrations.discover()
+    assert found["acme_keito_adapter"] == "json" and "openai" in found
+    monkeypatch.setattr(integrations, "ADAPTERS", {"acme_keito_adapter": "json", "nope": "no_such_module_keito"})
+    assert integrations.instrument_all() == ["acme_keito_adapter"]
+    assert sys.modules["acme_keito_adapter"].calls == [1]
+
+
+def test_no_registered_adapter_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from keito_instrument import integrations
+
+    monkeypatch.setattr(integrations, "ADAPTERS", {})
+    assert integrations.instrument_all() == []
+    assert "no adapters registered" in caplog.text and "pip install keito-instrument" in caplog.text
