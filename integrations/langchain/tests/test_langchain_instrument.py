@@ -80,10 +80,52 @@ async def test_instrument_in_async_tasks(ledger: Spool) -> None:
     assert len(rows) == 10 and all(r["llm_calls"] == 1 for r in rows)
 
 
+def test_instrument_again_replaces_the_settings_of_the_same_handler(ledger: Spool) -> None:
+    first = keito_lc.instrument(project_id="p-old", task_id="t-old")
+    second = keito_lc.instrument(project_id="p-new")
+    assert first is second and our_hooks() == 1
+    assert second is not None and second.session_settings == {"project_id": "p-new"}
+    assert keito_lc.instrument() is first and first.session_settings == {"project_id": "p-new"}  # none: kept
+    (PROMPT | UsageChatModel(replies=[reply(inp=12, out=3)])).invoke({"q": "x"})
+    [row] = ledger.sessions()
+    assert (row["project_id"], row["task_id"]) == ("p-new", None)
+
+
+def test_instrument_rejects_a_mistyped_option_and_keeps_the_settings() -> None:
+    with pytest.raises(TypeError, match="projet_id"):
+        keito_lc.instrument(projet_id="p1")
+    assert not keito_lc.is_instrumented() and our_hooks() == 0
+    handler = keito_lc.instrument(project_id="p1")
+    with pytest.raises(TypeError, match=r"'projet_id'.*'project_id'"):
+        keito_lc.instrument(projet_id="p2")
+    assert handler is not None and handler.session_settings == {"project_id": "p1"}
+    assert keito_lc.is_instrumented() and our_hooks() == 1
+
+
+def test_uninstrument_then_instrument_brings_back_the_same_handler() -> None:
+    first = keito_lc.instrument(project_id="p1")
+    keito_lc.uninstrument()
+    assert first is not None and not first.active and not keito_lc.is_instrumented()
+    keito_lc.uninstrument()  # already off: nothing to do
+    again = keito_lc.instrument()
+    assert again is first and again.active and keito_lc.is_instrumented() and our_hooks() == 1
+    assert again.session_settings == {"project_id": "p1"}
+
+
+def test_is_instrumented_is_false_while_the_handler_is_switched_off() -> None:
+    handler = keito_lc.instrument()
+    assert handler is not None and keito_lc.is_instrumented()
+    handler.active = False  # (a public attribute)
+    assert not keito_lc.is_instrumented()
+    keito_lc.instrument()  # instrument() switches it back on
+    assert handler.active and keito_lc.is_instrumented()
+
+
 def test_env_switch_off_makes_instrument_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(keito_lc.ENV_VAR, "false")
     assert keito_lc.instrument() is None
-    assert our_hooks() == 0
+    assert keito_lc.instrument(project_id="p1") is None
+    assert our_hooks() == 0 and not keito_lc.is_instrumented()
 
 
 def run_python(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

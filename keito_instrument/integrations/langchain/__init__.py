@@ -30,14 +30,15 @@ from .._kernel import CLIENT_HOOKS, SESSION_OPTIONS, CallUsage, check_options, m
 from ._usage import (
     Call,
     Root,
-    RunTable,
     add_raw_details,
     from_llm_output,
     from_usage_metadata,
     has_usage,
+    log_forgotten,
     marks_cache_hits,
     model_name,
     not_a_failure,
+    open_runs,
     replayed,
     session_id_from,
     stopped,
@@ -70,8 +71,10 @@ _G_LLM_END = guard("langchain on_llm_end")
 _G_ERROR = guard("langchain run error")
 _G_TOKEN = guard("langchain on_llm_new_token")
 
-_table = RunTable()
-_nodes = _table.nodes  # the same dict for the life of the process (cleared in place, never replaced)
+_table = open_runs()
+# The table's own dict, read and written directly on the hot path (a method call per lookup is not
+# free at a few microseconds per model call); the same dict for the life of the process.
+_nodes = _table.entries
 
 
 def _swallow(where: guard, exc: Exception) -> None:
@@ -135,7 +138,9 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             parent = _nodes.get(parent_run_id.int)
             if parent is not None:
                 root = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
-                _table.add(key, root)
+                swept = _table.add(key, root)
+                if swept:
+                    log_forgotten(swept)
                 return root
         # No parent we know of: a true root, or the handler was attached to an inner runnable.
         opened = self._open(metadata)
@@ -143,10 +148,12 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             return None
         root = Root(self, opened[0], opened[1], key)
         try:
-            _table.add(key, root)
+            swept = _table.add(key, root)
         except BaseException:
             end_run(root.run)  # untracked, it would never end: close it now
             raise
+        if swept:
+            log_forgotten(swept)
         return root
 
     def _open(self, metadata: _Meta) -> tuple[Session, Run | None] | None:
@@ -195,8 +202,8 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                     # The hot path, inlined: a nested chain maps to its root (idempotent if another
                     # Keito handler already mapped it: same parent, same root).
                     _nodes[run_id.int] = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
-                    if len(_nodes) > _table.cap:
-                        _table.sweep()
+                    if len(_nodes) > _table.max_open:
+                        log_forgotten(_table.sweep())
                     return
             self._start(run_id, parent_run_id, metadata)
         except Exception as exc:
@@ -216,7 +223,9 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             if parent is not None:  # the hot path: a model call inside a chain, agent or graph
                 root = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
                 call = Call(root, metadata, kwargs.get("invocation_params"))
-                _table.add(key, call)
+                swept = _table.add(key, call)
+                if swept:
+                    log_forgotten(swept)
                 if CLIENT_HOOKS:  # an instrumented OpenAI/Anthropic client leaves the call to us
                     call.mark = mark_framework_call("langchain")
                 return

@@ -8,13 +8,16 @@ after langchain-core imported (so a missing langchain-core still names the extra
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import threading
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.tracers import context as _lc_context
+
+from .._kernel import Switch
 
 if TYPE_CHECKING:
     from . import KeitoCallbackHandler
@@ -25,14 +28,61 @@ ENV_VAR = "KEITO_LANGCHAIN_INSTRUMENT"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-_instrument_lock = threading.Lock()
-_global: KeitoCallbackHandler | None = None
-_hook_var: ContextVar[KeitoCallbackHandler | None] | None = None
+
+@dataclass(frozen=True, slots=True)
+class _Hook:
+    """The process-wide handler and the context variable langchain-core reads it from."""
+
+    handler: KeitoCallbackHandler
+    var: ContextVar[KeitoCallbackHandler | None]
 
 
-def _hook_registered(var: ContextVar[KeitoCallbackHandler | None]) -> bool:
+@functools.cache
+def _the_hook() -> _Hook:
+    # Made once and kept: instrument() after uninstrument() brings back the same handler, with the
+    # settings it had, and a context variable's default cannot be changed after it is made.
+    from . import KeitoCallbackHandler  # at call time: the package imports this module
+
+    handler = KeitoCallbackHandler()
+    return _Hook(handler, ContextVar("keito_instrument_langchain", default=handler))
+
+
+def _registered(var: ContextVar[KeitoCallbackHandler | None]) -> bool:
     hooks = getattr(_lc_context, "_configure_hooks", ())
     return any(entry[0] is var for entry in hooks)
+
+
+def _install(**session_settings: Any) -> _Hook:
+    """Give the handler the settings (if any), switch it on and register its configure hook."""
+    hook = _the_hook()
+    if session_settings:
+        _replace_settings(hook.handler, session_settings)
+    hook.handler.active = True
+    if not _registered(hook.var):
+        _lc_context.register_configure_hook(hook.var, inheritable=True)
+    return hook
+
+
+def _replace_settings(handler: KeitoCallbackHandler, session_settings: dict[str, Any]) -> None:
+    from . import KeitoCallbackHandler
+
+    fresh = KeitoCallbackHandler(**session_settings)  # validates: a typo changes nothing
+    handler.session_id, handler.close = fresh.session_id, fresh.close
+    handler.session_settings = fresh.session_settings
+
+
+def _update(hook: _Hook, **session_settings: Any) -> None:
+    _install(**session_settings)  # (the same hook: there is one per process)
+
+
+def _remove(hook: _Hook) -> None:
+    hook.handler.active = False  # also covers a langchain-core whose hook list we cannot edit
+    hooks = getattr(_lc_context, "_configure_hooks", None)
+    if isinstance(hooks, list):
+        hooks[:] = [entry for entry in hooks if entry[0] is not hook.var]
+
+
+_switch = Switch(_install, _remove, update=_update)
 
 
 def instrument(**session_settings: Any) -> KeitoCallbackHandler | None:
@@ -46,37 +96,23 @@ def instrument(**session_settings: Any) -> KeitoCallbackHandler | None:
 
     Returns:
         The process-wide handler, or None when switched off by the environment variable.
+
+    Raises:
+        TypeError: an unknown session setting (the handler's settings are left as they were).
     """
-    global _global, _hook_var
     if os.environ.get(ENV_VAR, "").strip().lower() in _FALSE:
         _log.info("keito-instrument: LangChain instrumentation switched off by %s", ENV_VAR)
         return None
-    from . import KeitoCallbackHandler  # at call time: the package imports this module
-
-    with _instrument_lock:
-        if _global is None or _hook_var is None:
-            _global = KeitoCallbackHandler(**session_settings)
-            _hook_var = ContextVar("keito_instrument_langchain", default=_global)
-        elif session_settings:
-            fresh = KeitoCallbackHandler(**session_settings)  # validates, then settings move over
-            _global.session_id, _global.close = fresh.session_id, fresh.close
-            _global.session_settings = fresh.session_settings
-        _global.active = True
-        if not _hook_registered(_hook_var):
-            _lc_context.register_configure_hook(_hook_var, inheritable=True)
-        return _global
+    hook: _Hook = _switch.on(**session_settings)
+    return hook.handler
 
 
 def uninstrument() -> None:
     """Stop tracking runs that were not given a handler explicitly (runs already open finish)."""
-    with _instrument_lock:
-        if _global is not None:
-            _global.active = False  # also covers a langchain-core whose hook list we cannot edit
-        hooks = getattr(_lc_context, "_configure_hooks", None)
-        if isinstance(hooks, list) and _hook_var is not None:
-            hooks[:] = [entry for entry in hooks if entry[0] is not _hook_var]
+    _switch.off()
 
 
 def is_instrumented() -> bool:
     """True while `instrument()` is in effect."""
-    return _global is not None and _global.active and _hook_var is not None and _hook_registered(_hook_var)
+    hook: _Hook | None = _switch.handle
+    return hook is not None and hook.handler.active and _registered(hook.var)

@@ -1,4 +1,4 @@
-"""Framework-free helpers of the LangChain adapter: usage extraction and the open-run table.
+"""Framework-free helpers of the LangChain adapter: usage extraction and the open-run entries.
 
 Nothing here imports LangChain. The adapter hands in what it pulled out of an `LLMResult`
 (`AIMessage.usage_metadata`, `response_metadata`, `llm_output`) and what it saw when the call
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import CodeType
@@ -22,6 +21,7 @@ from keito_instrument._metadata import text
 from keito_instrument._usage import raw_details
 
 from .._kernel import CallUsage
+from .._runs import OpenRuns
 
 _log = logging.getLogger("keito_instrument")
 
@@ -224,59 +224,26 @@ class Call:
 Entry = Root | Call
 
 
-class RunTable:
-    """Open runs, `run_id.int -> entry`, bounded in count (`max_open_runs`) and age (`max_run_age`).
+def open_runs() -> OpenRuns[int, Entry]:
+    """The adapter's open runs, `run_id.int -> entry`, bounded by `max_open_runs` and `max_run_age`.
 
-    A nested run maps straight to its `Root` (no allocation); a model call to a `Call`. Lookups,
-    inserts and removals are single dict operations, atomic in CPython, so the hot path takes no
-    lock (integer keys also hash in C, UUIDs in Python). Eviction, oldest entry first, runs every
-    64 root or call inserts (re-reading the cap from the settings) and whenever the table is over
-    its cap. Forgetting a run only drops its entry: the keito session of a root whose end never
-    arrives is ended by the core's sweep (`run_age_exceeded`), billed up to its last activity.
+    A nested run maps straight to its `Root` (no allocation); a model call to a `Call`. Integer
+    keys hash in C (UUIDs would hash in Python). The table sweeps every 64 root or call inserts,
+    re-reading both caps from the settings, and whenever it is over its count cap.
     """
+    return OpenRuns(sweep_every=64, limits=_limits)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.nodes: dict[int, Entry] = {}
-        self.cap = 10_000  # refreshed from the settings at every sweep
-        self._inserts = 0
 
-    def __len__(self) -> int:
-        return len(self.nodes)
+def _limits() -> tuple[int, float]:
+    settings = get_settings()
+    return settings.max_open_runs, settings.max_run_age
 
-    def __contains__(self, run_id: object) -> bool:
-        return getattr(run_id, "int", run_id) in self.nodes
 
-    def add(self, key: int, entry: Entry) -> None:
-        """Insert a root or a call, sweeping now and then."""
-        self.nodes[key] = entry
-        self._inserts += 1
-        if not self._inserts & 63 or len(self.nodes) > self.cap:
-            self.sweep()
+def log_forgotten(swept: Sequence[tuple[int, Entry]]) -> None:
+    """Log the runs the table swept out (at debug level: a crashed worker is no error of ours).
 
-    def sweep(self, now: float | None = None) -> int:
-        """Forget runs older than `max_run_age` and beyond `max_open_runs`; returns how many."""
-        settings = get_settings()
-        self.cap = cap = settings.max_open_runs
-        max_age = settings.max_run_age
-        now = time.monotonic() if now is None else now
-        dropped = 0
-        with self._lock:
-            nodes = self.nodes
-            while nodes:
-                try:
-                    key = next(iter(nodes))  # insertion order: the oldest entry
-                except (RuntimeError, StopIteration):  # changed under us by another thread
-                    break
-                entry = nodes.get(key)
-                if entry is not None and len(nodes) <= cap and now - entry.born <= max_age:
-                    break
-                nodes.pop(key, None)
-                dropped += 1
-        if dropped:
-            _log.debug("keito-instrument: forgot %d LangChain run(s) whose end never arrived", dropped)
-        return dropped
-
-    def clear(self) -> None:
-        """Forget every run (tests)."""
-        self.nodes.clear()
+    Only their entries go: the keito session of a root whose end never arrives is ended by the
+    core's own sweep (`run_age_exceeded`), billed up to its last activity, so nothing is closed here.
+    """
+    if swept:
+        _log.debug("keito-instrument: forgot %d LangChain run(s) whose end never arrived", len(swept))
