@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ from ... import adapters as _api
 from ...adapters import Run, Session, guard
 from .. import missing_extra
 from .._kernel import check_options
+from .._runs import OpenRuns, Recent
 from . import _attrs as attrs
 
 try:
@@ -76,9 +76,11 @@ class _Trace:
 
     Every field below `lock` is read and written under it; the processor's own lock guards only
     its tables (open traces, recently closed ones, suppressed spans), and is taken after it.
+    Lookups in the open-trace table are lock-free (one dict operation each); an insert or a removal
+    that must not race another thread's on the same trace is made under the processor's lock.
     """
 
-    created: float  # monotonic: the age cap
+    born: float  # monotonic: the age cap
     enclosing: Session | None  # the keito session current at the first root's start
     hint: str | None  # the session id named at the first root's start
     roots: dict[int, float]  # open root span id -> its start (epoch seconds)
@@ -126,11 +128,10 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                              f"got {first_trace_timeout!r}")
         self._options: dict[str, Any] = {"framework": "otel", **session_settings}
         self._named_options = {**self._options, "first_run_timeout": first_trace_timeout}
-        self._max_traces = max(1, int(max_traces))
-        self._max_age = float(max_trace_age)
         self._lock = threading.Lock()
-        self._traces: OrderedDict[int, _Trace] = OrderedDict()
-        self._closed: OrderedDict[int, str | None] = OrderedDict()  # recently closed trace -> session id
+        self._traces: OpenRuns[int, _Trace] = OpenRuns(max_traces, max_trace_age)
+        self._open = self._traces.entries  # read directly on the hot path: one dict lookup per span
+        self._closed: Recent[int, str | None] = Recent(_MAX_CLOSED)  # recently closed trace -> session id
         self._skipped: set[int] = set()  # spans started while instrumentation was suppressed
 
     # -- SpanProcessor hooks ------------------------------------------------------------------
@@ -164,7 +165,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                         return
             parent = span.parent
             is_root = parent is None or parent.is_remote
-            trace = self._traces.get(trace_id)
+            trace = self._open.get(trace_id)
             attributes = span.attributes
             if not attributes or not attrs.is_genai(attributes):
                 # A web app's own span (keys scanned, nothing copied): it only passes "already
@@ -194,10 +195,9 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         """Close every trace still open (billing what was seen); called by `TracerProvider.shutdown()`."""
         with guard("otel shutdown"):
             with self._lock:
-                traces = list(self._traces.values())
-                self._traces.clear()
+                traces = self._traces.drain()
                 self._skipped.clear()
-            for trace in traces:
+            for _, trace in traces:
                 _close(trace)
 
     @override
@@ -213,9 +213,9 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         trace_id, span_id = span_ctx.trace_id, span_ctx.span_id
         start = _seconds(span.start_time)
         fresh: _Trace | None = None
-        evicted: list[_Trace] = []
+        evicted: list[tuple[int, _Trace]] = []
         for _ in range(4):  # each pass either succeeds or drops a closed record
-            trace = self._traces.get(trace_id)
+            trace = self._open.get(trace_id)
             if trace is not None:
                 with trace.lock:
                     if not trace.closed:
@@ -226,8 +226,8 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                             self._open_runs(trace, trace_id, {span_id: start})
                         return
                 with self._lock:
-                    if self._traces.get(trace_id) is trace:
-                        del self._traces[trace_id]
+                    if self._open.get(trace_id) is trace:
+                        self._traces.pop(trace_id)
                 continue
             if fresh is None:
                 # The context of the root's start decides the session: read it now, open it later.
@@ -235,36 +235,27 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                 hint = None if enclosing is not None else _session_hint(span, ctx)
                 fresh = _Trace(time.monotonic(), enclosing, hint, {span_id: start})
             with self._lock:
-                if trace_id not in self._traces:
-                    self._traces[trace_id] = fresh
-                    evicted = self._evict_locked(fresh.created)
+                if trace_id not in self._open:
+                    evicted = self._add_locked(trace_id, fresh)
                     break
         else:
             return  # pragma: no cover - four other threads raced this one on the same trace
-        for old in evicted:
-            _log.debug("keito-instrument: closing an OpenTelemetry trace whose root span never ended")
-            _close(old)
+        _close_evicted(evicted)
         attributes = span.attributes
         if fresh is not None and attributes and attrs.is_genai(attributes):
             self._activate(fresh, trace_id)  # a GenAI root (an agent run): its session opens now
 
-    def _evict_locked(self, now: float) -> list[_Trace]:
-        """Keep state bounded: take out the oldest traces beyond the count cap or the age cap."""
-        evicted: list[_Trace] = []
-        traces = self._traces
-        while len(traces) > self._max_traces or now - next(iter(traces.values())).created > self._max_age:
-            trace_id, trace = traces.popitem(last=False)
-            self._remember(trace_id, trace)
-            evicted.append(trace)
-            if not traces:
-                break
+    def _add_locked(self, trace_id: int, trace: _Trace) -> list[tuple[int, _Trace]]:
+        """Track a new trace (processor lock held); returns the oldest traces beyond the count or
+        age cap, taken out and remembered, for the caller to close outside the lock."""
+        evicted = self._traces.add(trace_id, trace)
+        for old_id, old in evicted:
+            self._remember(old_id, old)
         return evicted
 
     def _remember(self, trace_id: int, trace: _Trace) -> None:
         """Note a trace taken out of the table, so its stragglers are billed to its session id."""
-        self._closed[trace_id] = trace.session_id()
-        if len(self._closed) > _MAX_CLOSED:
-            self._closed.popitem(last=False)
+        self._closed.remember(trace_id, trace.session_id())
 
     def _activate(self, trace: _Trace, trace_id: int) -> bool:
         """Open the trace's session at its first GenAI span; False if the trace is already closed."""
@@ -319,13 +310,14 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         if run is None:
             return None
         fresh.session, fresh.runs[_LATE] = run.session, run
+        evicted: list[tuple[int, _Trace]] = []
         with self._lock:
-            trace = self._traces.setdefault(trace_id, fresh)
-            evicted = self._evict_locked(fresh.created) if trace is fresh else []
+            trace = self._open.get(trace_id) or fresh
+            if trace is fresh:
+                evicted = self._add_locked(trace_id, fresh)
         if trace is not fresh:
             _api.end_run(run)  # another thread got there first
-        for old in evicted:
-            _close(old)
+        _close_evicted(evicted)
         return trace if trace.session is not None else None
 
     def _count(
@@ -374,8 +366,8 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             if not trace.roots and not trace.runs and not trace.closed:
                 trace.closed = True  # its last root: out of the table, remembered for stragglers
                 with self._lock:
-                    if self._traces.get(trace_id) is trace:
-                        del self._traces[trace_id]
+                    if self._open.get(trace_id) is trace:
+                        self._traces.pop(trace_id)
                         self._remember(trace_id, trace)
             errors = trace.errors
         if run is None:
@@ -401,6 +393,12 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
     def open_traces(self) -> int:
         """How many traces are being tracked now."""
         return len(self._traces)
+
+
+def _close_evicted(evicted: list[tuple[int, _Trace]]) -> None:
+    for _, old in evicted:
+        _log.debug("keito-instrument: closing an OpenTelemetry trace whose root span never ended")
+        _close(old)
 
 
 def _close(trace: _Trace) -> None:
