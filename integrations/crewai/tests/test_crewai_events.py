@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import keito_instrument as keito
+from keito_instrument import _pipeline
 from keito_instrument._spool import Spool
 from keito_instrument.integrations.crewai import _events as ev
 from keito_instrument.integrations.crewai._events import (
@@ -199,6 +200,27 @@ def test_open_kickoffs_are_bounded(ledger: Spool, monkeypatch: pytest.MonkeyPatc
     assert assembler.open_kickoffs == 3
     assert len(ledger.sessions()) == 7  # the oldest were closed, and billed, not dropped
     assert len(assembler._finished) == 2
+
+
+def test_a_kickoff_that_never_ends_leaves_the_table_at_max_run_age_and_the_core_bills_it(ledger: Spool) -> None:
+    """Past `max_run_age` it is only forgotten: the core's own sweep ends its run at its last
+    activity, so the hours it sat open are not billed."""
+    max_age = keito.get_settings().max_run_age
+    assembler = KickoffAssembler()
+    feed(assembler, kickoff_events("old")[:3])  # started, one call made; its end never comes
+    stale = assembler._open.get("old")
+    assert stale is not None
+    stale.born -= max_age + 1
+    feed(assembler, [CrewEvent(ev.KICKOFF_STARTED, "new"), CrewEvent(ev.KICKOFF_COMPLETED, "new")])
+    assert assembler.open_kickoffs == 0 and "old" in assembler._finished
+    assembler.feed(CrewEvent(ev.LLM_COMPLETED, "old", item_id="late", model="m", usage=OPENAI))
+    assert assembler.late_events == 1 and assembler.open_kickoffs == 0  # not taken for a new kickoff
+    assert len(ledger.sessions()) == 1  # only "new": "old" is the core's to end
+    _pipeline.registry.sweep(time.monotonic() + max_age + 1)
+    rows = ledger.sessions()
+    assert len(rows) == 2
+    old = next(row for row in rows if row["llm_calls"] == 1)
+    assert old["active_seconds"] < 60
 
 
 def test_call_ids_per_kickoff_are_bounded(ledger: Spool, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,25 @@ def test_missing_crewai_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     assert not keito_crewai.is_instrumented()
 
 
+def test_instrument_installs_once_and_later_calls_change_only_the_settings() -> None:
+    from crewai.events import crewai_event_bus
+
+    with crewai_event_bus.scoped_handlers():
+        with pytest.raises(TypeError, match="projct_id"):
+            keito_crewai.instrument(projct_id="p")
+        assert not keito_crewai.is_instrumented()  # a typo installs nothing
+        try:
+            listener = keito_crewai.instrument(project_id="p1")
+            assert keito_crewai.instrument(settle_timeout=1.5) is listener
+            assert listener.options == {"project_id": "p1"} and listener.assembler.settle_timeout == 1.5
+            listener.uninstall()  # taken off the bus by hand: the next instrument() puts it back
+            assert not keito_crewai.is_instrumented()
+            assert keito_crewai.instrument() is listener and keito_crewai.is_instrumented()
+        finally:
+            keito_crewai.uninstrument()
+        assert not keito_crewai.is_instrumented()
+
+
 def test_the_example_runs_offline_and_writes_the_ledger(tmp_path: Path) -> None:
     ledger_path = tmp_path / "example.sqlite3"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEITO_", "CREWAI_"))}

@@ -36,7 +36,7 @@ from typing import Any
 
 from keito_instrument.adapters import current_session, guard, missing_extra
 
-from .._kernel import check_options
+from .._kernel import Switch, check_options
 from ._events import (
     KICKOFF_COMPLETED,
     KICKOFF_FAILED,
@@ -357,8 +357,23 @@ def event_time(event: Any) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
-_listener: KeitoCrewListener | None = None
-_install_lock = threading.Lock()
+def _install(crew: Any, settle_timeout: float | None, options: dict[str, Any]) -> KeitoCrewListener:
+    listener = KeitoCrewListener()
+    _update(listener, crew, settle_timeout, options)  # (a bad option raises before anything is installed)
+    return listener
+
+
+def _update(listener: KeitoCrewListener, crew: Any, settle_timeout: float | None, options: dict[str, Any]) -> None:
+    if crew is not None:
+        listener.configure_crew(crew, **options)
+    elif options:
+        listener.set_options(**options)
+    if settle_timeout is not None:
+        listener.assembler.settle_timeout = settle_timeout
+    listener.install()  # (again if `uninstall()` was called on the listener itself)
+
+
+_switch = Switch(_install, KeitoCrewListener.uninstall, update=_update)
 
 
 def instrument(crew: Any = None, *, settle_timeout: float | None = None, **options: Any) -> KeitoCrewListener:
@@ -379,31 +394,16 @@ def instrument(crew: Any = None, *, settle_timeout: float | None = None, **optio
         ImportError: crewai is not installed (the message names the pip extra).
         TypeError: an unknown option.
     """
-    global _listener
-    with _install_lock:
-        listener = _listener
-        if listener is None:
-            listener = KeitoCrewListener()
-        if crew is not None:
-            listener.configure_crew(crew, **options)
-        elif options:
-            listener.set_options(**options)
-        if settle_timeout is not None:
-            listener.assembler.settle_timeout = settle_timeout
-        listener.install()
-        _listener = listener
+    listener: KeitoCrewListener = _switch.on(crew, settle_timeout, options)
     return listener
 
 
 def uninstrument() -> None:
     """Remove the listener from the CrewAI event bus; open kickoffs are closed and billed."""
-    global _listener
-    with _install_lock:
-        listener, _listener = _listener, None
-    if listener is not None:
-        listener.uninstall()
+    _switch.off()
 
 
 def is_instrumented() -> bool:
     """Whether `instrument()` is in effect."""
-    return _listener is not None and _listener.installed
+    listener: KeitoCrewListener | None = _switch.handle
+    return listener is not None and listener.installed

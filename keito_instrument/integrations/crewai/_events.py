@@ -27,19 +27,20 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._config import get_settings
 from ..._metadata import text
 from ..._usage import raw_details
 from ...adapters import Run, begin_run, end_run, get_session, guard
 from .._kernel import CallUsage
+from .._runs import OpenRuns, Recent
 
 _log = logging.getLogger("keito_instrument")
 
-MAX_OPEN_KICKOFFS = 10_000
+MAX_OPEN_KICKOFFS = 10_000  # beyond it the oldest kickoff is closed (billing what it spent)
 MAX_FINISHED_KEYS = 4_096  # remembered so late events of a finished kickoff are not a new kickoff
 MAX_IDS_PER_KICKOFF = 20_000
 MAX_LABEL = 60
@@ -182,7 +183,7 @@ def _label(value: str | None) -> str | None:
 
 class _Kickoff:
     __slots__ = (
-        "created",
+        "born",
         "done",
         "end_at",
         "end_error",
@@ -196,7 +197,7 @@ class _Kickoff:
 
     def __init__(self, run: Run | None, first_at: float | None) -> None:
         self.run = run
-        self.created = time.monotonic()
+        self.born = time.monotonic()  # the open-kickoff table's age cap
         self.first_at = first_at  # the earliest event time seen (the run's start), if known
         self.end_at: float | None = None  # the end event's time
         self.open_calls: set[str] = set()
@@ -238,8 +239,8 @@ class KickoffAssembler:
         self.framework = framework
         self._begin = begin
         self._lock = threading.Lock()
-        self._open: OrderedDict[str, _Kickoff] = OrderedDict()
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._open = _open_kickoffs()
+        self._finished: Recent[str, None] = Recent(MAX_FINISHED_KEYS)
         self._idle = threading.Condition(self._lock)
         self._ending = 0  # kickoffs closed whose sessions are still being written
         self.late_events = 0  # events that arrived after their kickoff was closed (not billed)
@@ -249,7 +250,7 @@ class KickoffAssembler:
         # The parent bills its kickoffs; the child starts empty, with a lock no thread holds.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._open = OrderedDict()
+        self._open = _open_kickoffs()
         self._ending = 0
 
     # -- feeding ----------------------------------------------------------------------------------
@@ -327,12 +328,27 @@ class KickoffAssembler:
         if first_at is None and run is not None:
             first_at = run.session.wall(run.start)  # an event without a time: when it was handled
         kickoff = _Kickoff(run, first_at)
-        self._open[event.key] = kickoff
-        while len(self._open) > MAX_OPEN_KICKOFFS:
-            old_key, old = self._open.popitem(last=False)
-            _log.warning("keito-instrument: too many open CrewAI kickoffs; closing the oldest")
-            self._close(old_key, old, to_end, remove=False)
+        swept = self._open.add(event.key, kickoff)
+        if swept:
+            self._let_go(swept, to_end)
         return kickoff
+
+    def _let_go(self, swept: list[tuple[str, _Kickoff]], to_end: list[_Kickoff]) -> None:
+        """Deal with the kickoffs the open table gave back (oldest first).
+
+        One beyond the count cap is closed now, billing what it spent. One older than
+        `max_run_age` never ended; the core's own sweep ends its run (`run_age_exceeded`, billed
+        up to its last activity), so it is only forgotten here: closing it now would bill the
+        hours it sat idle.
+        """
+        now, max_age = time.monotonic(), self._open.max_age
+        for key, old in swept:
+            if now - old.born > max_age:
+                _log.debug("keito-instrument: forgot a CrewAI kickoff open longer than max_run_age")
+                self._forget(key, old)
+            else:
+                _log.warning("keito-instrument: too many open CrewAI kickoffs; closing the oldest")
+                self._close(key, old, to_end, remove=False)
 
     def _begin_run(self, event: CrewEvent) -> Run | None:
         session_id = event.session_id
@@ -424,14 +440,16 @@ class KickoffAssembler:
     # -- closing ----------------------------------------------------------------------------------
     def _close(self, key: str, kickoff: _Kickoff, to_end: list[_Kickoff], remove: bool = True) -> None:
         if remove:
-            self._open.pop(key, None)
-        self._finished[key] = None
-        while len(self._finished) > MAX_FINISHED_KEYS:
-            self._finished.popitem(last=False)
-        if kickoff.timer is not None:
-            kickoff.timer.cancel()
+            self._open.pop(key)
+        self._forget(key, kickoff)
         to_end.append(kickoff)
         self._ending += 1
+
+    def _forget(self, key: str, kickoff: _Kickoff) -> None:
+        # Its key is remembered, so its late events are not taken for a new kickoff.
+        self._finished.remember(key, None)
+        if kickoff.timer is not None:
+            kickoff.timer.cancel()
 
     def _end(self, kickoff: _Kickoff) -> None:
         try:
@@ -462,8 +480,8 @@ class KickoffAssembler:
         """Close every open kickoff now (used by `uninstrument()`); returns how many."""
         to_end: list[_Kickoff] = []
         with self._lock:
-            for key, kickoff in list(self._open.items()):
-                self._close(key, kickoff, to_end)
+            for key, kickoff in self._open.drain():
+                self._close(key, kickoff, to_end, remove=False)
         for done in to_end:
             self._end(done)
         return len(to_end)
@@ -477,6 +495,16 @@ class KickoffAssembler:
     def open_kickoffs(self) -> int:
         """How many kickoffs are being assembled."""
         return len(self._open)
+
+
+def _open_kickoffs() -> OpenRuns[str, _Kickoff]:
+    """The open kickoffs by key, capped by `MAX_OPEN_KICKOFFS` and the `max_run_age` setting."""
+    return OpenRuns(MAX_OPEN_KICKOFFS, limits=_limits)
+
+
+def _limits() -> tuple[int, float]:
+    # Read at every sweep (once per kickoff): the settings may change while the host runs.
+    return MAX_OPEN_KICKOFFS, get_settings().max_run_age
 
 
 def _reset_at_fork(assembler: KickoffAssembler) -> None:
