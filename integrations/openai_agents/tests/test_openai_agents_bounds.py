@@ -48,6 +48,22 @@ def test_open_traces_are_bounded_by_count_and_the_oldest_is_billed(alone: None, 
     assert processor.open_traces == 0 and processor.open_spans == 0
 
 
+def test_open_spans_are_bounded_by_count_and_still_bill_when_they_end(alone: None, ledger: Spool) -> None:
+    processor = keito_agents.instrument(max_spans=2)
+    trace = agents.trace("many spans")
+    trace.start()
+    spans = [agents.custom_span(f"work {n}", parent=trace) for n in range(5)]
+    for span in spans:
+        span.start()
+    assert processor.open_spans == 2 and processor.open_traces == 1
+    for span in spans:
+        span.finish()
+    trace.finish()
+    assert processor.open_traces == 0 and processor.open_spans == 0
+    assert keito.flush(5.0)
+    assert [r["session_id"] for r in ledger.sessions()] == [trace.trace_id]
+
+
 def test_open_traces_and_spans_are_bounded_by_age(alone: None, ledger: Spool) -> None:
     processor = keito_agents.instrument(max_trace_age=0.0)
     first = open_trace("abandoned")

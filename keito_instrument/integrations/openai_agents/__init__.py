@@ -58,6 +58,18 @@ def _install(replace_exporter: bool, options: dict[str, Any]) -> _Installed:
     return _Installed(processor, replaced)
 
 
+def _update(installed: _Installed, replace_exporter: bool, options: dict[str, Any]) -> None:
+    """New settings for the installed processor (the bounds stay those it was built with)."""
+    settings = {k: v for k, v in options.items() if k not in _BOUNDS}
+    if settings:
+        installed.processor.set_options(**settings)
+    if replace_exporter and installed.replaced is None:  # on already, alongside the exporter
+        import agents
+
+        installed.replaced = tuple(p for p in _registered() or () if p is not installed.processor)
+        agents.set_trace_processors([installed.processor])
+
+
 def _remove(installed: _Installed) -> None:
     import agents
 
@@ -79,7 +91,7 @@ def _registered() -> tuple[Any, ...] | None:
     return tuple(found) if isinstance(found, tuple | list) else None
 
 
-_switch = Switch(_install, _remove)
+_switch = Switch(_install, _remove, update=_update)
 
 
 def instrument(replace_exporter: bool = False, **options: Any) -> Any:
@@ -102,14 +114,6 @@ def instrument(replace_exporter: bool = False, **options: Any) -> Any:
     """
     check_options("openai_agents.instrument()", options, SESSION_SETTINGS | _BOUNDS)
     installed: _Installed = _switch.on(replace_exporter, options)
-    settings = {k: v for k, v in options.items() if k not in _BOUNDS}
-    if settings:
-        installed.processor.set_options(**settings)
-    if replace_exporter and installed.replaced is None:  # on already, alongside the exporter
-        import agents
-
-        installed.replaced = tuple(p for p in _registered() or () if p is not installed.processor)
-        agents.set_trace_processors([installed.processor])
     return installed.processor
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ import keito_instrument as _keito
 from ... import adapters as _api
 from ...adapters import Run, Session, guard
 from .._kernel import check_options, mark_framework_call, record_provider_call, reset_mark
+from .._runs import OpenRuns, Recent
 from . import SESSION_SETTINGS, _spans
 
 __all__ = ["FRAMEWORK", "KeitoTracingProcessor"]
@@ -32,6 +32,7 @@ _log = logging.getLogger("keito_instrument")
 
 FRAMEWORK = "openai-agents"
 _MAX_CLOSED = 4_096  # recently closed traces remembered, so their stragglers join the same session
+_SPAN_SWEEP = 1_024  # open spans are swept for age every so many inserts (and at every trace start)
 FLUSH_TIMEOUT = 5.0  # seconds `force_flush` (the SDK's `flush_traces()`) waits for delivery
 # One guard object per hook: `guard` keeps no state, so reusing it saves an allocation per span.
 _ON_TRACE_START, _ON_TRACE_END = guard("openai-agents on_trace_start"), guard("openai-agents on_trace_end")
@@ -46,7 +47,7 @@ class _Trace:
     tables and is never held while this one is taken.
     """
 
-    created: float  # monotonic: the age cap
+    born: float  # monotonic: the age cap
     enclosing: Session | None  # the keito session current where the trace started
     session_id: str  # the trace's group_id (a conversation), else its trace id
     close: str  # "idle" for a group_id conversation, "runs" for a trace of its own
@@ -69,7 +70,7 @@ class _Trace:
 class _Open:
     """One open span: its trace, and the mark token of a model call (reset at its end)."""
 
-    created: float
+    born: float
     trace: _Trace
     token: Any = None
 
@@ -95,12 +96,10 @@ class KeitoTracingProcessor(TracingProcessor):
                  **session_settings: Any) -> None:
         self._options: dict[str, Any] = {}
         self.set_options(**session_settings)
-        self._max_traces, self._max_spans = max(1, int(max_traces)), max(1, int(max_spans))
-        self._max_age = float(max_trace_age)
-        self._lock = threading.Lock()
-        self._traces: OrderedDict[str, _Trace] = OrderedDict()
-        self._spans: OrderedDict[str, _Open] = OrderedDict()
-        self._closed: OrderedDict[str, tuple[str, str]] = OrderedDict()  # trace id -> (session id, close)
+        self._lock = threading.Lock()  # makes "look up, else insert" one step for the trace table
+        self._traces: OpenRuns[str, _Trace] = OpenRuns(max_traces, max_trace_age)
+        self._spans: OpenRuns[str, _Open] = OpenRuns(max_spans, max_trace_age, sweep_every=_SPAN_SWEEP)
+        self._closed: Recent[str, tuple[str, str]] = Recent(_MAX_CLOSED)  # trace id -> (session id, close)
         self.active = True
 
     def set_options(self, **session_settings: Any) -> None:
@@ -123,8 +122,7 @@ class KeitoTracingProcessor(TracingProcessor):
                 if found is not None and not found.closed:
                     found.late = False  # its spans came first; its end will come too
                     return
-                self._traces[trace.trace_id] = fresh
-                evicted = self._evict_locked(fresh.created)
+                evicted = self._add_locked(trace.trace_id, fresh)
             for old in evicted:
                 _close(old)
 
@@ -133,7 +131,7 @@ class KeitoTracingProcessor(TracingProcessor):
         """Runs where the trace ends: its run ends at its last span's end, its session with it."""
         with _ON_TRACE_END:
             with self._lock:
-                record = self._traces.pop(trace.trace_id, None)
+                record = self._traces.pop(trace.trace_id)
                 if record is not None:
                     self._remember(trace.trace_id, record)
             if record is not None:
@@ -154,19 +152,14 @@ class KeitoTracingProcessor(TracingProcessor):
                 token = mark_framework_call(FRAMEWORK)
             with record.lock:
                 record.open_spans += 1
-            now = time.monotonic()
-            with self._lock:
-                self._spans[span.span_id] = _Open(now, record, token)
-                evicted = self._evict_locked(now) if len(self._spans) > self._max_spans else []
-            for old in evicted:
-                _close(old)
+            # (Spans swept out are only forgotten: their mark stays in a context that is long gone.)
+            self._spans.add(span.span_id, _Open(time.monotonic(), record, token))
 
     @override
     def on_span_end(self, span: Span[Any]) -> None:
         """Runs in the context ending the span: counts its call, tool use, handoff or error."""
         with _ON_SPAN_END:
-            with self._lock:
-                opened = self._spans.pop(span.span_id, None)
+            opened = self._spans.pop(span.span_id)
             if opened is not None and opened.token is not None:
                 reset_mark(opened.token)
             if not self.active:
@@ -199,10 +192,9 @@ class KeitoTracingProcessor(TracingProcessor):
     def close_all(self) -> None:
         """Close every open trace now (billing what was seen) and forget the open spans."""
         with self._lock:
-            records = list(self._traces.values())
-            self._traces.clear()
+            records = self._traces.drain()
             self._spans.clear()
-        for record in records:
+        for _trace_id, record in records:
             _close(record)
 
     @property
@@ -231,8 +223,7 @@ class KeitoTracingProcessor(TracingProcessor):
             found = self._traces.get(trace_id)
             if found is not None and not found.closed:
                 return found
-            self._traces[trace_id] = fresh
-            evicted = self._evict_locked(fresh.created)
+            evicted = self._add_locked(trace_id, fresh)
         for old in evicted:
             _close(old)
         return fresh
@@ -240,32 +231,31 @@ class KeitoTracingProcessor(TracingProcessor):
     def _retire(self, trace_id: str, record: _Trace) -> None:
         with self._lock:
             if self._traces.get(trace_id) is record:
-                del self._traces[trace_id]
+                self._traces.pop(trace_id)
                 self._remember(trace_id, record)
         _close(record)
 
-    def _evict_locked(self, now: float) -> list[_Trace]:
-        """Keep state bounded: the oldest traces beyond the count or age cap are taken out (and
-        returned, to be closed outside the lock); open spans beyond them are forgotten."""
-        evicted: list[_Trace] = []
-        traces, spans, max_age = self._traces, self._spans, self._max_age
-        while traces and (len(traces) > self._max_traces or now - next(iter(traces.values())).created > max_age):
-            trace_id, old = traces.popitem(last=False)
-            self._remember(trace_id, old)
-            evicted.append(old)
-        while spans and (len(spans) > self._max_spans or now - next(iter(spans.values())).created > max_age):
-            spans.popitem(last=False)  # (its mark, if any, stays in a context that is long gone)
-        if evicted:
-            _log.debug("keito-instrument: closed %d Agents SDK trace(s) that never ended", len(evicted))
-        return evicted
+    def _add_locked(self, trace_id: str, record: _Trace) -> list[_Trace]:
+        """Insert a trace; returns the traces taken out beyond the count or age cap, to be closed
+        outside the lock. Open spans older than the age cap are forgotten with them.
+
+        The sweep runs as of the new trace's start, so a trace is never closed by its own arrival
+        (with `max_trace_age=0`, each trace is closed when the next one starts).
+        """
+        self._traces.entries[trace_id] = record
+        swept = self._traces.sweep(now=record.born)
+        self._spans.sweep(now=record.born)
+        for old_id, old in swept:
+            self._remember(old_id, old)
+        if swept:
+            _log.debug("keito-instrument: closed %d Agents SDK trace(s) that never ended", len(swept))
+        return [old for _old_id, old in swept]
 
     def _remember(self, trace_id: str, record: _Trace) -> None:
         """Note a trace taken out of the table, so its stragglers bill to the same session."""
         session = record.session
-        self._closed[trace_id] = (session.session_id, "runs") if session is not None and \
-            record.enclosing is session else (record.session_id, record.close)
-        if len(self._closed) > _MAX_CLOSED:
-            self._closed.popitem(last=False)
+        self._closed.remember(trace_id, (session.session_id, "runs") if session is not None and
+                              record.enclosing is session else (record.session_id, record.close))
 
 
 def _open(record: _Trace, options: Mapping[str, Any], started_at: float | None) -> Session | None:
