@@ -37,7 +37,8 @@ def test_sweep_every_defers_the_age_sweep_but_never_the_count_cap() -> None:
     table: OpenRuns[int, _Run] = OpenRuns(max_open=2, max_age=0.0, sweep_every=64)
     assert table.add(1, _Run(born=0.0)) == []  # too old, but no sweep due yet
     assert table.add(2, _Run(born=0.0)) == []
-    assert len(table.add(3, _Run(born=0.0))) == 3  # over the cap: swept now, age cap too
+    assert [k for k, _ in table.add(3, _Run(born=0.0))] == [1, 2]  # over the cap: swept now, age cap too
+    assert list(table) == [3]  # never swept by its own insert
 
 
 def test_limits_are_read_again_at_each_sweep() -> None:

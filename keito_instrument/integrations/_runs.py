@@ -90,10 +90,14 @@ class OpenRuns(Generic[K, V]):
         self._inserts += 1
         if self._inserts % self._every and len(self.entries) <= self.max_open:
             return _NONE  # type: ignore[return-value]
-        return self.sweep()
+        return self.sweep(keep=key)
 
-    def sweep(self, now: float | None = None) -> list[tuple[K, V]]:
-        """Take out the runs beyond the count cap or the age cap, oldest first, and return them."""
+    def sweep(self, now: float | None = None, keep: K | None = None) -> list[tuple[K, V]]:
+        """Take out the runs beyond the count cap or the age cap, oldest first, and return them.
+
+        `keep` (the run `add` just inserted) is never taken out for its age: a run is not
+        swept by its own insert, however small the age cap.
+        """
         if self._limits is not None:
             max_open, max_age = self._limits()
             self.max_open, self.max_age = max(1, int(max_open)), float(max_age)
@@ -108,7 +112,7 @@ class OpenRuns(Generic[K, V]):
                 except (RuntimeError, StopIteration):  # changed under us by a lock-free caller
                     break
                 entry = entries.get(key)
-                if entry is not None and len(entries) <= cap and now - entry.born <= max_age:
+                if entry is not None and len(entries) <= cap and (now - entry.born <= max_age or key == keep):
                     break
                 entry = entries.pop(key, None)
                 if entry is not None:
