@@ -58,8 +58,12 @@ def instrument_all() -> list[str]:
         if importlib.util.find_spec(probe) is None:
             continue
         with guard(f"instrument {name}"):
-            module = importlib.import_module(_module_of(name))
-            module.instrument()
+            try:
+                module = importlib.import_module(_module_of(name))
+                module.instrument()
+            except ImportError as exc:  # a framework older than the adapter supports: say so
+                _log.warning("keito-instrument: %s not instrumented: %s", name, exc)
+                continue
             enabled.append(name)
     return enabled
 

@@ -98,3 +98,14 @@ def test_the_example_runs_offline_and_writes_the_ledger(tmp_path: Path) -> None:
     assert row["input_tokens"] == 3 * 850 and row["output_tokens"] == 3 * 120
     kinds = sorted(r["kind"] for r in spool.records(session_id=row["session_id"]))
     assert kinds == ["expense", "time_entry"]
+
+
+def test_a_too_old_crewai_is_named_with_the_upgrade_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    keito_crewai.uninstrument()
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "1.9.0" if name == "crewai" else real(name))
+    with pytest.raises(ImportError, match=r"needs crewai >= 1.13, found 1.9.0"):
+        keito_crewai.instrument()
+    assert not keito_crewai.is_instrumented()

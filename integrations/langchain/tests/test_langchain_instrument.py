@@ -188,3 +188,36 @@ def test_missing_langchain_names_the_extra(tmp_path: Path) -> None:
     done = run_python(code, tmp_path)
     assert done.returncode == 0, done.stderr
     assert 'pip install "keito-instrument[langchain]"' in done.stdout
+
+
+def test_a_too_old_langchain_core_is_named_with_the_upgrade_line(tmp_path: Path) -> None:
+    code = """
+        from importlib import metadata
+
+        real = metadata.version
+        metadata.version = lambda name: "0.3.10" if name == "langchain-core" else real(name)
+        try:
+            import keito_instrument.integrations.langchain
+        except ImportError as exc:
+            print(exc)
+    """
+    done = run_python(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "needs langchain-core >= 0.3.49, found 0.3.10" in done.stdout
+    assert 'pip install -U "keito-instrument[langchain]"' in done.stdout
+
+
+def test_keito_instrument_warns_about_a_too_old_framework_and_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from keito_instrument import integrations
+
+    def too_old(**_: object) -> None:
+        raise ImportError("keito-instrument's LangChain integration needs langchain-core >= 0.3.49, found 0.3.10")
+
+    monkeypatch.setattr(keito_lc, "instrument", too_old)
+    monkeypatch.setattr(integrations, "ADAPTERS", {"langchain": "langchain_core", "threading": "threading"})
+    assert keito.instrument() == ["threading"]
+    assert "langchain not instrumented" in caplog.text and "found 0.3.10" in caplog.text
+    from keito_instrument.integrations import threading as keito_threading
+
+    keito_threading.uninstrument()

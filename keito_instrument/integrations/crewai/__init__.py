@@ -36,7 +36,7 @@ from typing import Any
 
 from keito_instrument.adapters import current_session, guard, missing_extra
 
-from .._kernel import Switch, check_options
+from .._kernel import Switch, check_options, require_version
 from ._events import (
     KICKOFF_COMPLETED,
     KICKOFF_FAILED,
@@ -51,7 +51,11 @@ from ._events import (
     KickoffAssembler,
 )
 
-__all__ = ["KeitoCrewListener", "instrument", "is_instrumented", "uninstrument"]
+__all__ = ["MINIMUM", "KeitoCrewListener", "instrument", "is_instrumented", "uninstrument"]
+
+# The oldest crewai supported (integrations/crewai/constraints-min.txt): the first whose
+# `llm_call_completed` event carries the call's usage, the only per-call token source.
+MINIMUM = (1, 13)
 
 _log = logging.getLogger("keito_instrument")
 
@@ -126,6 +130,7 @@ class KeitoCrewListener:
             from crewai import events
         except ImportError as exc:
             raise missing_extra("CrewAI", "crewai") from exc
+        require_version("CrewAI", "crewai", MINIMUM, "crewai")
         kinds = {getattr(events, name): kind for name, kind in _EVENTS.items()}
         if "usage" not in getattr(events.LLMCallCompletedEvent, "model_fields", {"usage": None}):
             _log.warning(
@@ -391,7 +396,8 @@ def instrument(crew: Any = None, *, settle_timeout: float | None = None, **optio
             metadata, expense_category_id.
 
     Raises:
-        ImportError: crewai is not installed (the message names the pip extra).
+        ImportError: crewai is not installed or older than `MINIMUM` (the message names the
+            pip extra).
         TypeError: an unknown option.
     """
     listener: KeitoCrewListener = _switch.on(crew, settle_timeout, options)

@@ -26,7 +26,15 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
-from .._kernel import CLIENT_HOOKS, SESSION_OPTIONS, CallUsage, check_options, mark_framework_call, reset_mark
+from .._kernel import (
+    CLIENT_HOOKS,
+    SESSION_OPTIONS,
+    CallUsage,
+    check_options,
+    mark_framework_call,
+    require_version,
+    reset_mark,
+)
 from ._usage import (
     Call,
     Root,
@@ -55,7 +63,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 # After the check above: the process-wide instrumentation imports langchain-core too.
 from ._instrument import _TRUE, ENV_VAR, instrument, is_instrumented, uninstrument
 
-__all__ = ["ENV_VAR", "KeitoCallbackHandler", "instrument", "is_instrumented", "uninstrument"]
+# The oldest langchain-core supported (integrations/langchain/constraints-min.txt); checked once,
+# at import, so an older one is named with the upgrade line instead of failing inside a callback.
+MINIMUM = (0, 3, 49)
+require_version("LangChain", "langchain-core", MINIMUM, "langchain")
+
+__all__ = ["ENV_VAR", "MINIMUM", "KeitoCallbackHandler", "instrument", "is_instrumented", "uninstrument"]
 
 _EMPTY: Mapping[str, Any] = {}
 _HANDLER_OPTIONS = (SESSION_OPTIONS - {"session_id"}) | {"idle_timeout"}
