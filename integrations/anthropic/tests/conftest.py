@@ -8,7 +8,8 @@ beyond loopback.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -71,3 +72,63 @@ def billed(ledger: Spool) -> dict[str, int]:
         out["cache_write_1h_tokens"] += details.get("cache_write_1h_tokens", 0)
         out["web_searches"] += details.get("web_searches", 0)
     return out
+
+
+def expenses(ledger: Spool) -> list[dict[str, Any]]:
+    """The metadata of every expense the ledger holds."""
+    return [r["payload"]["metadata"] for r in ledger.records() if r["kind"] == "expense"]
+
+
+# -- what the user sees, with and without the hook ------------------------------------------------
+Outcome = tuple[str, Any]
+
+
+def blank_ids(value: Any) -> Any:
+    """`value` with the message ids blanked (the server numbers its messages), models as dicts."""
+    if isinstance(value, list | tuple):
+        return [blank_ids(v) for v in value]
+    if isinstance(value, dict):
+        return {k: "<id>" if k == "id" else blank_ids(v) for k, v in value.items()}
+    if isinstance(value, str | bytes):
+        return re.sub(r"msg_\w+" if isinstance(value, str) else rb"msg_\w+",
+                      "<id>" if isinstance(value, str) else b"<id>", value)
+    if hasattr(value, "to_dict"):
+        return blank_ids(value.to_dict())
+    return value
+
+
+def _raised(exc: Exception) -> Outcome:
+    details = (getattr(exc, "status_code", None), getattr(exc, "body", None), getattr(exc, "request_id", None))
+    return "raised", (type(exc), str(exc), details)
+
+
+def outcome(action: Callable[[], Any]) -> Outcome:
+    """What the user sees: the value (ids blanked) or the exception's type, text and details."""
+    try:
+        value = action()
+    except Exception as exc:
+        return _raised(exc)
+    return "returned", blank_ids(value)
+
+
+async def aoutcome(action: Callable[[], Awaitable[Any]]) -> Outcome:
+    try:
+        value = await action()
+    except Exception as exc:
+        return _raised(exc)
+    return "returned", blank_ids(value)
+
+
+def with_and_without(action: Callable[[], Any]) -> tuple[Outcome, Outcome]:
+    """`action`'s outcome without the hook, then with it."""
+    keito_anthropic.uninstrument()
+    bare = outcome(action)
+    keito_anthropic.instrument()
+    return bare, outcome(action)
+
+
+async def awith_and_without(action: Callable[[], Awaitable[Any]]) -> tuple[Outcome, Outcome]:
+    keito_anthropic.uninstrument()
+    bare = await aoutcome(action)
+    keito_anthropic.instrument()
+    return bare, await aoutcome(action)

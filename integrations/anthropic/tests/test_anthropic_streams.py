@@ -8,7 +8,6 @@ output is not a call. Events, text, final messages and exceptions are the SDK's 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -16,40 +15,9 @@ import pytest
 from _fake_anthropic import FakeAnthropic
 
 import keito_instrument as keito
-from conftest import ask
+from conftest import ask, blank_ids, expenses, with_and_without
 from keito_instrument._spool import Spool
 from keito_instrument.integrations import anthropic as keito_anthropic
-
-
-def expenses(ledger: Spool) -> list[dict[str, Any]]:
-    return [r["payload"]["metadata"] for r in ledger.records() if r["kind"] == "expense"]
-
-
-def outcome(action: Callable[[], Any]) -> tuple[str, Any]:
-    """What the user sees: the value (ids blanked) or the exception's type, text and details."""
-    try:
-        value = action()
-    except Exception as exc:
-        details = (getattr(exc, "status_code", None), getattr(exc, "body", None), getattr(exc, "request_id", None))
-        return "raised", (type(exc), str(exc), details)
-    return "returned", _blank_ids(value)
-
-
-def _blank_ids(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [_blank_ids(v) for v in value]
-    if isinstance(value, dict):
-        return {k: "<id>" if k == "id" else _blank_ids(v) for k, v in value.items()}
-    if hasattr(value, "to_dict"):
-        return _blank_ids(value.to_dict())
-    return value
-
-
-def with_and_without(action: Callable[[], Any]) -> tuple[tuple[str, Any], tuple[str, Any]]:
-    keito_anthropic.uninstrument()
-    bare = outcome(action)
-    keito_anthropic.instrument()
-    return bare, outcome(action)
 
 
 @pytest.mark.parametrize("mode", ["cut", "truncated", "error-event"])
@@ -174,7 +142,7 @@ async def test_async_users_see_the_same_events_and_messages(aclient: anthropic.A
         async with aclient.messages.stream(**ask()) as stream:
             texts = [t async for t in stream.text_stream]
             final = await stream.get_final_message()
-        return _blank_ids([stream_events, texts, final, await aclient.messages.create(**ask())])
+        return blank_ids([stream_events, texts, final, await aclient.messages.create(**ask())])
 
     keito_anthropic.uninstrument()
     bare = await run()

@@ -5,12 +5,18 @@ after `instrument()`, and `AnthropicBedrock` / `AnthropicVertex` too (they share
 Each wrapper calls the SDK's own method with the same arguments and returns its result object
 itself; it never catches the SDK's exceptions. The wrapper's own work (reading the usage,
 recording) runs under `guard`, so it never raises into the host.
+
+`.with_raw_response` and `.with_streaming_response` go through the same wrappers: they wrap the
+resource's `create` / `parse` as bound when a client first builds them (ours, once instrumented),
+and the SDK's method then returns its raw response object instead of a Message or a stream, the
+only layer that sees the call; `_after_raw` counts it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -50,15 +56,67 @@ _active = False  # wrappers left under someone else's wrapper by `remove` pass s
 _managed: weakref.WeakKeyDictionary[Any, StreamCall] = weakref.WeakKeyDictionary()  # open helpers' calls
 
 
-def _after_call(result: Any, kwargs: dict[str, Any], is_async: bool) -> None:
-    """Count a returned Message, or hook a returned stream (raw responses are left alone)."""
-    if _kernel.in_framework_call() is not None:
-        return  # a framework adapter above records this call itself
+def _after_call(result: Any, kwargs: dict[str, Any], is_async: bool) -> bool:
+    """Count a returned Message, or hook a returned stream; False for anything else."""
     if getattr(result, "type", None) == "message" and hasattr(result, "usage"):
         _kernel.record_provider_call(getattr(result, "model", None) or kwargs.get("model"), PROVIDER,
                                      result.usage, flavor="anthropic", response_id=getattr(result, "id", None))
     elif kwargs.get("stream") is True and _is_stream(result, is_async):
         hook_stream(result, kwargs.get("model"), current_session(), is_async)
+    else:
+        return False
+    return True
+
+
+@functools.cache
+def _raw_types() -> tuple[type, ...]:
+    """The SDK's raw response classes: `APIResponse` / `AsyncAPIResponse`, and the older SDKs'
+    `LegacyAPIResponse` (their `.with_raw_response`)."""
+    found: list[type] = []
+    for module_name, class_name in (("anthropic._response", "BaseAPIResponse"),
+                                    ("anthropic._legacy_response", "LegacyAPIResponse")):
+        try:
+            found.append(getattr(importlib.import_module(module_name), class_name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _is_raw(result: Any) -> bool:
+    return isinstance(result, _raw_types())
+
+
+def _after_raw(raw: Any, kwargs: dict[str, Any], is_async: bool, stream: Any) -> None:
+    """Count a raw response (`.with_raw_response`, `.with_streaming_response`).
+
+    `stream=True`: `stream` is the response's `.parse()`, the SDK's Stream over the body not read
+    yet (parsing it reads nothing). The SDK caches it, so the caller's own `.parse()` returns this
+    very object: counted from its events if the caller reads it, else with `usage_missing` when
+    it is dropped. Otherwise the call is counted from the JSON body the SDK has read (the caller's
+    `.parse()` builds its own Message, as without us); a body not read yet (the caller reads it,
+    `.with_streaming_response`) or not a message is counted with `usage_missing`.
+    """
+    model = kwargs.get("model")
+    if kwargs.get("stream") is True:
+        if _is_stream(stream, is_async):
+            hook_stream(stream, model, current_session(), is_async)
+        else:
+            _kernel.record_provider_call(model, PROVIDER, None, flavor="anthropic")
+        return
+    body = _read_body(raw.http_response)
+    _kernel.record_provider_call(body.get("model") or model, PROVIDER, body.get("usage"), flavor="anthropic",
+                                 response_id=body.get("id"))
+
+
+def _read_body(response: Any) -> dict[str, Any]:
+    """The JSON object of a response body already read; {} for one not read or not an object."""
+    if not getattr(response, "is_stream_consumed", False):
+        return {}  # (reading it here would read the caller's streamed body)
+    try:
+        body = response.json()
+    except Exception:  # (not JSON, e.g. a proxy's page: the call happened, its usage is unknown)
+        return {}
+    return body if isinstance(body, dict) and body.get("type") == "message" else {}
 
 
 def _is_stream(result: Any, is_async: bool) -> bool:
@@ -88,18 +146,23 @@ def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
         @functools.wraps(original)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
-            if _active:
+            if _active and _kernel.in_framework_call() is None:  # (else a framework adapter records it)
                 with _G_CALL:
-                    _after_call(result, kwargs, False)
+                    if not _after_call(result, kwargs, False) and _is_raw(result):
+                        _after_raw(result, kwargs, False, result.parse() if kwargs.get("stream") is True else None)
             return result
         return call
     if kind == "acall":
         @functools.wraps(original)
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = await original(self, *args, **kwargs)
-            if _active:
+            if _active and _kernel.in_framework_call() is None:
                 with _G_CALL:
-                    _after_call(result, kwargs, True)
+                    if not _after_call(result, kwargs, True) and _is_raw(result):
+                        stream = result.parse() if kwargs.get("stream") is True else None
+                        if inspect.isawaitable(stream):  # (AsyncAPIResponse's: done at once for a stream)
+                            stream = await stream
+                        _after_raw(result, kwargs, True, stream)
             return result
         return acall
     return _wrap_manager(original, kind)
