@@ -219,6 +219,7 @@ def test_attribute_names_are_the_published_ones() -> None:
     assert OI.LLM_TOKEN_COUNT_COMPLETION_DETAILS_REASONING in a.REASONING_KEYS
     assert OI.LLM_MODEL_NAME in a.MODEL_KEYS and OI.LLM_PROVIDER in a.PROVIDER_KEYS
     assert OI.SESSION_ID in a.SESSION_KEYS
+    assert a.RESPONSE_ID_KEYS == (G.GEN_AI_RESPONSE_ID,)
 
 
 def test_every_published_operation_and_span_kind_has_a_role() -> None:
@@ -270,3 +271,39 @@ def test_every_published_provider_name_maps_to_a_pricing_provider() -> None:
     unmapped = {name for name in published if normalise_provider(a.provider_id(name)) not in known}
     assert unmapped == _UNPRICED_PROVIDERS
     assert set(a.PROVIDER_MAP.values()) <= known  # every mapping points at a real pricing provider
+
+
+def _langchain_output(message: dict[str, Any], llm_output: dict[str, Any] | None) -> str:
+    """`output.value` as OpenInference writes it for a LangChain LLM run (the LLMResult as JSON)."""
+    import json
+
+    generation = {"text": "hi", "type": "ChatGeneration", "message": {"lc": 1, "type": "constructor",
+                  "id": ["langchain", "schema", "messages", "AIMessage"], "kwargs": message}}
+    return json.dumps({"generations": [[generation]], "llm_output": llm_output, "run": None, "type": "LLMResult"})
+
+
+@pytest.mark.parametrize(
+    ("attributes", "found"),
+    [
+        ({"gen_ai.response.id": "chatcmpl-1", "gen_ai.operation.name": "chat"}, "chatcmpl-1"),
+        ({"gen_ai.response.id": "  "}, None),
+        ({"openinference.span.kind": "LLM", "output.value": _langchain_output(
+            {"content": "x", "response_metadata": {"id": "chatcmpl-2", "model_name": "m"}, "id": "lc_run--1"},
+            {"id": "chatcmpl-2"})}, "chatcmpl-2"),
+        ({"openinference.span.kind": "LLM", "output.value": _langchain_output(  # only llm_output names it
+            {"content": "x", "response_metadata": {}, "id": "lc_run--1"}, {"id": "msg_3"})}, "msg_3"),
+        # A stream that reported no id: LangChain's own message id is not the provider's.
+        ({"openinference.span.kind": "LLM", "output.value": _langchain_output(
+            {"content": "x", "response_metadata": {"model_name": "m"}, "id": "lc_run--1"}, None)}, None),
+        # A reply quoting the keys: inside a JSON string they are escaped, never taken for keys.
+        ({"openinference.span.kind": "LLM", "output.value": _langchain_output(
+            {"content": '"response_metadata": {"id": "fake"} "llm_output": {"id": "fake"}', "response_metadata": {}},
+            None)}, None),
+        ({"openinference.span.kind": "LLM", "output.value": "__REDACTED__"}, None),  # outputs hidden
+        ({"openinference.span.kind": "CHAIN", "output.value": _langchain_output(
+            {"response_metadata": {"id": "chatcmpl-4"}}, None)}, None),  # only a model call's own
+        ({"openinference.span.kind": "LLM", "output.value": '{"llm_output": {"id": '}, None),  # cut short
+    ],
+)
+def test_response_id(attributes: dict[str, Any], found: str | None) -> None:
+    assert a.response_id(attributes) == found

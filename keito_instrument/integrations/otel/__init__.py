@@ -12,10 +12,17 @@ the `keito.session()` enclosing the root's start if there is one, else the one n
 `using_session`), kept open across traces until `idle_timeout`; else one session per trace, ending
 with its root span. Billed time is the union of the root spans, by the spans' own timestamps.
 
-The session is opened lazily, at the trace's first GenAI span (back-dated to its roots' starts):
-until then a trace is a light record (root ids, start times, the session hints read at start), so
-a trace with no GenAI span at all (a plain web request) never touches the core and bills nothing.
-Only model-call spans add usage (see `_attrs.classify` and the README).
+The session is opened lazily, when the trace first has something to bill (a model call, or its
+root's end), back-dated to its roots' starts: until then a trace is a light record (root ids, start
+times, the session hints read at start, tool calls and errors held back), so a trace with no GenAI
+span at all (a plain web request) never touches the core and bills nothing. Only model-call spans
+add usage (see `_attrs.classify` and the README).
+
+Counted once across layers: a model-call span that starts or ends while a Keito framework adapter
+(our LangChain handler) is recording a model call in that context is the adapter's call, and a
+trace whose calls were all the adapter's is left to it (it knows the session: it bills the run's
+time, tools and errors). Otherwise a call is identified by the provider's response id, shared
+with our client hooks through the kernel's `seen`: the first layer to claim it counts it.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from typing_extensions import override
@@ -32,29 +39,25 @@ from typing_extensions import override
 import keito_instrument as _keito
 
 from ... import adapters as _api
-from ...adapters import Run, Session, guard
-from .. import missing_extra
-from .._kernel import check_options
+from ...adapters import Run, guard
+from .. import _kernel, missing_extra
+from .._kernel import CLIENT_HOOKS, check_options, in_framework_call
 from .._runs import OpenRuns, Recent
 from . import _attrs as attrs
 
 try:
-    from opentelemetry import baggage
     from opentelemetry import context as otel_context
     from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
     from opentelemetry.trace import StatusCode
 except ImportError as exc:  # pragma: no cover - exercised through a test that hides the package
     raise missing_extra("OpenTelemetry", "otel") from exc
 
+from ._trace import Trace, end_runs, seconds, session_hint, suppressed
+
 __all__ = ["KeitoSpanProcessor"]
 
 _log = logging.getLogger("keito_instrument")
 
-# The keys instrumentations set while suppressed (`opentelemetry.instrumentation.utils.
-# suppress_instrumentation` sets both); a private name in the API, so it is looked up defensively.
-_SUPPRESS_KEYS: tuple[str, ...] = tuple(
-    k for k in (getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None), "suppress_instrumentation") if k
-)
 _SESSION_OPTIONS = frozenset(
     {"agent_id", "agent_type", "project_id", "task_id", "billable", "notes", "metadata", "expense_category_id"}
     | {"idle_timeout", "framework"}
@@ -65,39 +68,10 @@ FIRST_TRACE_TIMEOUT = 120.0
 _LATE = 0  # run key of a trace first seen at a GenAI span's end (the processor was added late)
 _MAX_SKIPPED = 10_000
 _MAX_CLOSED = 4_096
+_FRAMEWORK = "framework"  # a model-call span of a call that a framework adapter records itself
 # One guard object per hook: `guard` keeps no state, so reusing it saves an allocation per span.
 _ON_START = guard("otel on_start")
 _ON_END = guard("otel on_end")
-
-
-@dataclass(slots=True, eq=False)
-class _Trace:
-    """One open trace. Plain until its first GenAI span; then it holds its session and runs.
-
-    Every field below `lock` is read and written under it; the processor's own lock guards only
-    its tables (open traces, recently closed ones, suppressed spans), and is taken after it.
-    Lookups in the open-trace table are lock-free (one dict operation each); an insert or a removal
-    that must not race another thread's on the same trace is made under the processor's lock.
-    """
-
-    born: float  # monotonic: the age cap
-    enclosing: Session | None  # the keito session current at the first root's start
-    hint: str | None  # the session id named at the first root's start
-    roots: dict[int, float]  # open root span id -> its start (epoch seconds)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    ended: list[tuple[float, float]] | None = None  # roots that ended before the session opened
-    session: Session | None = None
-    runs: dict[int, Run] = field(default_factory=dict)
-    closed: bool = False  # out of the table: a root starting now begins a new record
-    errors: int = 0
-    covered: set[int] = field(default_factory=set)  # spans whose subtree already had a counted call
-
-    def session_id(self) -> str | None:
-        """The id this trace bills (or would bill) to; None: the trace id."""
-        for found in (self.session, self.enclosing):
-            if found is not None:
-                return found.session_id
-        return self.hint
 
 
 class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
@@ -129,33 +103,44 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         self._options: dict[str, Any] = {"framework": "otel", **session_settings}
         self._named_options = {**self._options, "first_run_timeout": first_trace_timeout}
         self._lock = threading.Lock()
-        self._traces: OpenRuns[int, _Trace] = OpenRuns(max_traces, max_trace_age)
+        self._traces: OpenRuns[int, Trace] = OpenRuns(max_traces, max_trace_age)
         self._open = self._traces.entries  # read directly on the hot path: one dict lookup per span
         self._closed: Recent[int, str | None] = Recent(_MAX_CLOSED)  # recently closed trace -> session id
         self._skipped: set[int] = set()  # spans started while instrumentation was suppressed
+        # Like a client hook, this processor leaves a framework adapter's model calls to it; the
+        # LangChain handler marks its calls only while such a hook is installed (until shutdown,
+        # or until this processor is collected).
+        CLIENT_HOOKS.add(id(self))
+        weakref.finalize(self, CLIENT_HOOKS.discard, id(self))
+        self._shut = False
 
     # -- SpanProcessor hooks ------------------------------------------------------------------
     @override
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         """Runs on the thread starting the span; must not block or raise."""
         with _ON_START:
+            if self._shut:
+                return
             ctx = parent_context if parent_context is not None else otel_context.get_current()
-            if ctx and _suppressed(ctx):
+            if ctx and suppressed(ctx):
                 with self._lock:
                     if len(self._skipped) >= _MAX_SKIPPED:
                         self._skipped.clear()  # stay bounded; a missed skip costs one ignored span
                     self._skipped.add(span.get_span_context().span_id)
                 return
+            framework = in_framework_call() is not None
             parent = span.parent
             if parent is None or parent.is_remote:
-                self._open_root(span, ctx)
+                self._open_root(span, ctx, framework)
+            if framework:
+                self._mark(span.get_span_context())
 
     @override
     def on_end(self, span: ReadableSpan) -> None:
         """Runs on the thread ending the span; must not block or raise."""
         with _ON_END:
             ctx = span.context
-            if ctx is None:
+            if ctx is None or self._shut:
                 return
             span_id, trace_id = ctx.span_id, ctx.trace_id
             if self._skipped:
@@ -166,39 +151,53 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             parent = span.parent
             is_root = parent is None or parent.is_remote
             trace = self._open.get(trace_id)
+            marked = False
+            if trace is not None and trace.marked:
+                marked = span_id in trace.marked
+                trace.marked.discard(span_id)
             attributes = span.attributes
             if not attributes or not attrs.is_genai(attributes):
                 # A web app's own span (keys scanned, nothing copied): it only passes "already
                 # counted" up to its parent, and a root closes its trace.
                 if trace is not None:
                     if span_id in trace.covered:
-                        self._count(trace, attrs.OTHER, {}, span, span_id, None if is_root else parent)
+                        self._count(trace, trace_id, attrs.OTHER, {}, span, span_id, None if is_root else parent)
                     if is_root:
                         self._close_root(trace, trace_id, span_id, span)
                 return
             # One copy into a plain dict: the SDK's attribute mapping is slow to probe key by key.
             values: Mapping[str, Any] = dict(attributes)
             role = attrs.classify(values)
-            if trace is None or not self._activate(trace, trace_id):
+            if role == attrs.MODEL_CALL and (marked or in_framework_call() is not None):
+                role = _FRAMEWORK  # the framework adapter recording this call bills it
+            if trace is None or trace.closed:
                 if trace_id in self._closed:
                     self._straggler(trace_id, span_id, role, values)
                     return
+                if role == _FRAMEWORK:
+                    return  # nothing of ours to bill in a trace we never saw start
                 trace = self._open_late(trace_id, values, span)
                 if trace is None:
                     return
-            self._count(trace, role, values, span, span_id, None if is_root else parent)
+            trace.genai = True
+            self._count(trace, trace_id, role, values, span, span_id, None if is_root else parent)
             if is_root:
                 self._close_root(trace, trace_id, span_id, span)
 
     @override
     def shutdown(self) -> None:
-        """Close every trace still open (billing what was seen); called by `TracerProvider.shutdown()`."""
+        """Close every trace still open (billing what was seen); called by `TracerProvider.shutdown()`.
+
+        Spans ending later are ignored, as the SDK's own processors do after their shutdown.
+        """
         with guard("otel shutdown"):
+            self._shut = True
+            CLIENT_HOOKS.discard(id(self))
             with self._lock:
                 traces = self._traces.drain()
                 self._skipped.clear()
-            for _, trace in traces:
-                _close(trace)
+            for trace_id, trace in traces:
+                self._close(trace_id, trace)
 
     @override
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -208,12 +207,12 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         return False
 
     # -- traces ---------------------------------------------------------------------------------
-    def _open_root(self, span: Span, ctx: otel_context.Context) -> None:
+    def _open_root(self, span: Span, ctx: otel_context.Context, framework: bool) -> None:
         span_ctx = span.get_span_context()
         trace_id, span_id = span_ctx.trace_id, span_ctx.span_id
-        start = _seconds(span.start_time)
-        fresh: _Trace | None = None
-        evicted: list[tuple[int, _Trace]] = []
+        start = seconds(span.start_time)
+        fresh: Trace | None = None
+        evicted: list[tuple[int, Trace]] = []
         for _ in range(4):  # each pass either succeeds or drops a closed record
             trace = self._open.get(trace_id)
             if trace is not None:
@@ -232,20 +231,23 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             if fresh is None:
                 # The context of the root's start decides the session: read it now, open it later.
                 enclosing = _api.current_session()
-                hint = None if enclosing is not None else _session_hint(span, ctx)
-                fresh = _Trace(time.monotonic(), enclosing, hint, {span_id: start})
+                hint = None if enclosing is not None else session_hint(span, ctx)
+                fresh = Trace(time.monotonic(), enclosing, hint, {span_id: start})
             with self._lock:
                 if trace_id not in self._open:
                     evicted = self._add_locked(trace_id, fresh)
                     break
         else:
             return  # pragma: no cover - four other threads raced this one on the same trace
-        _close_evicted(evicted)
+        self._close_evicted(evicted)
         attributes = span.attributes
-        if fresh is not None and attributes and attrs.is_genai(attributes):
-            self._activate(fresh, trace_id)  # a GenAI root (an agent run): its session opens now
+        if fresh is not None and not framework and attributes and attrs.is_genai(attributes) \
+                and attrs.classify(attributes) != attrs.MODEL_CALL:
+            # A GenAI root (an agent run): its session opens now. A model call of its own waits
+            # for its end, when it is known whether another layer bills it.
+            self._activate(fresh, trace_id)
 
-    def _add_locked(self, trace_id: int, trace: _Trace) -> list[tuple[int, _Trace]]:
+    def _add_locked(self, trace_id: int, trace: Trace) -> list[tuple[int, Trace]]:
         """Track a new trace (processor lock held); returns the oldest traces beyond the count or
         age cap, taken out and remembered, for the caller to close outside the lock."""
         evicted = self._traces.add(trace_id, trace)
@@ -253,12 +255,22 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             self._remember(old_id, old)
         return evicted
 
-    def _remember(self, trace_id: int, trace: _Trace) -> None:
+    def _remember(self, trace_id: int, trace: Trace) -> None:
         """Note a trace taken out of the table, so its stragglers are billed to its session id."""
         self._closed.remember(trace_id, trace.session_id())
 
-    def _activate(self, trace: _Trace, trace_id: int) -> bool:
-        """Open the trace's session at its first GenAI span; False if the trace is already closed."""
+    def _mark(self, span_ctx: Any) -> None:
+        """Note a span started inside a framework adapter's model call (the adapter may end its
+        call before the span ends: a LangChain handler called before the span's instrumentor)."""
+        trace = self._open.get(span_ctx.trace_id)
+        if trace is not None:
+            with trace.lock:
+                if trace.marked is None:
+                    trace.marked = set()
+                trace.marked.add(span_ctx.span_id)
+
+    def _activate(self, trace: Trace, trace_id: int) -> bool:
+        """Open the trace's session (it has something to bill); False if the trace is already closed."""
         if trace.session is not None:
             return True
         with trace.lock:
@@ -271,9 +283,12 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                         run = trace.session.begin_run(started_at=start)
                         _api.end_run(run, ended_at=end)
                 trace.ended = None
+                held, trace.held = trace.held, None
+                if held is not None and trace.session is not None:
+                    trace.session.count(tool_calls=held[0], errors=held[1])
         return True
 
-    def _open_runs(self, trace: _Trace, trace_id: int, roots: Mapping[int, float]) -> None:
+    def _open_runs(self, trace: Trace, trace_id: int, roots: Mapping[int, float]) -> None:
         """One run per root, back-dated to its start (trace.lock held)."""
         session = trace.session
         for span_id, start in sorted(roots.items(), key=lambda item: item[1]):
@@ -285,7 +300,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                 session = trace.session = run.session
             trace.runs[span_id] = run
 
-    def _begin(self, trace: _Trace, trace_id: int, started_at: float) -> Run | None:
+    def _begin(self, trace: Trace, trace_id: int, started_at: float) -> Run | None:
         """A run in the keito session enclosing the root's start, else the named one, else the trace's."""
         session_id, close = (trace.hint, "idle") if trace.hint is not None else (f"{trace_id:032x}", "runs")
         if trace.enclosing is not None:
@@ -297,7 +312,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         options = self._named_options if close == "idle" else self._options
         return _api.begin_run(session_id, close=close, join_current=False, started_at=started_at, **options)
 
-    def _open_late(self, trace_id: int, values: Mapping[str, Any], span: ReadableSpan) -> _Trace | None:
+    def _open_late(self, trace_id: int, values: Mapping[str, Any], span: ReadableSpan) -> Trace | None:
         """A trace first seen at a GenAI span's end: its root started before this processor was added.
 
         Billed from the start of that span (the earliest time known) until its root's end; the
@@ -305,52 +320,75 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         """
         enclosing = _api.current_session()
         hint = None if enclosing is not None else attrs.session_id_from(values)
-        fresh = _Trace(time.monotonic(), enclosing, hint, {})
-        run = self._begin(fresh, trace_id, _seconds(span.start_time))
+        fresh = Trace(time.monotonic(), enclosing, hint, {})
+        run = self._begin(fresh, trace_id, seconds(span.start_time))
         if run is None:
             return None
         fresh.session, fresh.runs[_LATE] = run.session, run
-        evicted: list[tuple[int, _Trace]] = []
+        evicted: list[tuple[int, Trace]] = []
         with self._lock:
             trace = self._open.get(trace_id) or fresh
             if trace is fresh:
                 evicted = self._add_locked(trace_id, fresh)
         if trace is not fresh:
             _api.end_run(run)  # another thread got there first
-        _close_evicted(evicted)
+        self._close_evicted(evicted)
         return trace if trace.session is not None else None
 
     def _count(
         self,
-        trace: _Trace,
+        trace: Trace,
+        trace_id: int,
         role: str,
         values: Mapping[str, Any],
         span: ReadableSpan,
         span_id: int,
         parent: Any,
     ) -> None:
-        """Count once: a model call whose subtree already held a counted call is a wrapper, not a call."""
-        session = trace.session
-        if session is None or (role == attrs.OTHER and span_id not in trace.covered):
+        """Count once: a model call whose subtree already held a counted call is a wrapper, not a
+        call; one that a framework adapter records, or another layer already claimed, is theirs."""
+        if role == attrs.OTHER and span_id not in trace.covered:
             return
         failed = span.status.status_code is StatusCode.ERROR and role in (attrs.MODEL_CALL, attrs.TOOL)
         with trace.lock:
             covered = span_id in trace.covered
             if covered:
                 trace.covered.discard(span_id)
-            if parent is not None and (covered or role == attrs.MODEL_CALL):
+            if parent is not None and (covered or role in (attrs.MODEL_CALL, _FRAMEWORK)):
                 trace.covered.add(parent.span_id)
+            if role == _FRAMEWORK:
+                trace.elsewhere = True
+                return
             if failed:
                 trace.errors += 1
         if role == attrs.MODEL_CALL and not covered:
-            session.record_llm_call(**attrs.call_kwargs(values, span_id))
-        elif role == attrs.TOOL:
-            session.record_tool_call()
-        if failed:
-            session.record_error()
+            if not _kernel.seen.claim(attrs.response_id(values)):
+                trace.elsewhere = True  # counted by another layer: our client hook, or a span in another trace
+                return
+            if not self._activate(trace, trace_id):  # its root ended meanwhile: billed as a straggler
+                self._straggler(trace_id, span_id, role, values, claimed=True)
+                return
+            if trace.session is not None:
+                trace.session.record_llm_call(**attrs.call_kwargs(values, span_id))
+        if role == attrs.TOOL or failed:
+            self._tally(trace, role == attrs.TOOL, failed)
 
-    def _close_root(self, trace: _Trace, trace_id: int, span_id: int, span: ReadableSpan) -> None:
-        end = _seconds(span.end_time)
+    def _tally(self, trace: Trace, tool: bool, failed: bool) -> None:
+        """Count a tool call or an error: into the session, or held back until it opens."""
+        with trace.lock:
+            session = trace.session
+            if session is None:
+                if trace.held is None:
+                    trace.held = [0, 0]
+                trace.held[0] += tool
+                trace.held[1] += failed
+                return
+        session.count(tool_calls=int(tool), errors=int(failed))
+
+    def _close_root(self, trace: Trace, trace_id: int, span_id: int, span: ReadableSpan) -> None:
+        if trace.session is None and trace.genai and not trace.elsewhere:
+            self._activate(trace, trace_id)  # agent work nobody else bills: its time, at least
+        end = seconds(span.end_time)
         extra: Run | None = None
         with trace.lock:
             start = trace.roots.pop(span_id, None)
@@ -358,7 +396,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             if run is None and _LATE in trace.runs:
                 run = trace.runs.pop(_LATE)
                 if trace.session is not None:  # the root's start is known at last: bill from there
-                    extra = trace.session.begin_run(started_at=_seconds(span.start_time))
+                    extra = trace.session.begin_run(started_at=seconds(span.start_time))
             elif trace.session is None and start is not None and trace.roots:
                 if trace.ended is None:
                     trace.ended = []
@@ -378,14 +416,15 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         error = RuntimeError(span.status.description or "span failed") if failed else None
         _api.end_run(run, error=error, ended_at=end)
 
-    def _straggler(self, trace_id: int, span_id: int, role: str, values: Mapping[str, Any]) -> None:
+    def _straggler(self, trace_id: int, span_id: int, role: str, values: Mapping[str, Any],
+                   claimed: bool = False) -> None:
         """A span that ended after its trace's root: its call is billed to that session id, never lost."""
         session_id = self._closed.get(trace_id) or f"{trace_id:032x}"
         if role == attrs.TOOL:
             session = _api.get_session(session_id)
             if session is not None:
                 session.record_tool_call()
-        if role != attrs.MODEL_CALL:
+        if role != attrs.MODEL_CALL or not (claimed or _kernel.seen.claim(attrs.response_id(values))):
             return
         _keito.record_llm_call(**attrs.call_kwargs(values, span_id), session_id=session_id)
 
@@ -394,39 +433,13 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         """How many traces are being tracked now."""
         return len(self._traces)
 
+    def _close_evicted(self, evicted: list[tuple[int, Trace]]) -> None:
+        for trace_id, old in evicted:
+            _log.debug("keito-instrument: closing an OpenTelemetry trace whose root span never ended")
+            self._close(trace_id, old)
 
-def _close_evicted(evicted: list[tuple[int, _Trace]]) -> None:
-    for _, old in evicted:
-        _log.debug("keito-instrument: closing an OpenTelemetry trace whose root span never ended")
-        _close(old)
-
-
-def _close(trace: _Trace) -> None:
-    """End a trace taken out of the table (evicted, or at shutdown): its runs end now."""
-    with trace.lock:
-        trace.closed = True
-        runs = list(trace.runs.values())
-        trace.runs.clear()
-        trace.roots.clear()
-    for run in runs:
-        _api.end_run(run)
-
-
-def _seconds(nanoseconds: int | None) -> float:
-    """A span timestamp (ns since the epoch) in epoch seconds; now when it is missing."""
-    return nanoseconds / 1e9 if nanoseconds else time.time()
-
-
-def _suppressed(ctx: otel_context.Context) -> bool:
-    for key in _SUPPRESS_KEYS:  # noqa: SIM110 - a plain loop: no generator per span on the hot path
-        if ctx.get(key):
-            return True
-    return False
-
-
-def _session_hint(span: Span, ctx: otel_context.Context) -> str | None:
-    """A session id named at the root's start: its attributes, else the context (see `_attrs`)."""
-    found = attrs.session_id_from(span.attributes)
-    if found is not None or not ctx:
-        return found
-    return attrs.context_session_id(ctx, baggage.get_all(ctx))
+    def _close(self, trace_id: int, trace: Trace) -> None:
+        """End a trace taken out of the table (evicted, or at shutdown), billing what was seen."""
+        if trace.session is None and trace.genai and not trace.elsewhere and trace.roots:
+            self._activate(trace, trace_id)
+        end_runs(trace)

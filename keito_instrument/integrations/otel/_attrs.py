@@ -12,10 +12,12 @@ Conventions read (first match wins, so the newest name is tried first):
 
 The counting rule lives here too (`classify`): only model-call spans carry usage that is billed;
 aggregate spans (agent, chain, crew, workflow, task) repeat their children's totals and never count.
+A call's identity across layers is the provider's response id (`response_id`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,6 +96,14 @@ SESSION_KEYS = (
     "traceloop.association.properties.conversation_id",
     "langfuse.session.id",
 )
+# The provider's id of the response: OTel GenAI (the official and OpenLLMetry instrumentors, pydantic-ai).
+RESPONSE_ID_KEYS = ("gen_ai.response.id",)
+# OpenInference's LangChain LLM span has no id attribute; its `output.value` is the run's LLMResult
+# as JSON, whose message `response_metadata` and `llm_output` carry the provider's `id`. Keys of
+# that JSON are found by their quoted spelling: inside a JSON string a quote is always escaped, so
+# a message's text cannot fake one.
+_OUTPUT_ID_KEYS = ('"response_metadata":', '"llm_output":')
+_JSON = json.JSONDecoder()
 # Baggage entries (W3C baggage travels with the request across services) naming a session.
 BAGGAGE_SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "keito.session_id")
 _SESSION_KEY_SET = frozenset(SESSION_KEYS)
@@ -315,6 +325,37 @@ def context_session_id(context: Mapping[str, Any], baggage: Mapping[str, Any]) -
         if found is not None:
             return found
     return first_text(baggage, BAGGAGE_SESSION_KEYS) if baggage else None
+
+
+def response_id(attributes: Mapping[str, Any]) -> str | None:
+    """The provider's id of a model call's response, if the span carries it.
+
+    `gen_ai.response.id`; for an OpenInference LLM span (no such attribute), the `id` in the
+    first message's `response_metadata` or in `llm_output` of its `output.value` (LangChain's
+    result as JSON; absent when outputs are hidden or a stream reported none).
+    """
+    found = first_text(attributes, RESPONSE_ID_KEYS)
+    if found is not None:
+        return found
+    output = attributes.get("output.value")
+    if type(output) is not str or _text(attributes.get("openinference.span.kind")) != "LLM":
+        return None
+    for key in _OUTPUT_ID_KEYS:
+        at = output.find(key) if key == _OUTPUT_ID_KEYS[0] else output.rfind(key)
+        if at < 0:
+            continue
+        at += len(key)
+        while at < len(output) and output[at] in " \t\n\r":
+            at += 1
+        try:
+            value, _ = _JSON.raw_decode(output, at)  # that one object, not the whole output
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found = _text(value.get("id"))
+            if found is not None:
+                return found
+    return None
 
 
 def call_kwargs(attributes: Mapping[str, Any], span_id: int) -> dict[str, Any]:

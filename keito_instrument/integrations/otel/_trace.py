@@ -1,0 +1,86 @@
+"""One open trace's record, and the span helpers the processor's hooks share."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import Span
+
+from ... import adapters as _api
+from ...adapters import Run, Session
+from . import _attrs as attrs
+
+# The keys instrumentations set while suppressed (`opentelemetry.instrumentation.utils.
+# suppress_instrumentation` sets both); a private name in the API, so it is looked up defensively.
+SUPPRESS_KEYS: tuple[str, ...] = tuple(
+    k for k in (getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None), "suppress_instrumentation") if k
+)
+
+
+@dataclass(slots=True, eq=False)
+class Trace:
+    """One open trace. Plain until it has something to bill; then it holds its session and runs.
+
+    Every field below `lock` is read and written under it; the processor's own lock guards only
+    its tables (open traces, recently closed ones, suppressed spans), and is taken after it.
+    Lookups in the open-trace table are lock-free (one dict operation each); an insert or a removal
+    that must not race another thread's on the same trace is made under the processor's lock.
+    """
+
+    born: float  # monotonic: the age cap
+    enclosing: Session | None  # the keito session current at the first root's start
+    hint: str | None  # the session id named at the first root's start
+    roots: dict[int, float]  # open root span id -> its start (epoch seconds)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ended: list[tuple[float, float]] | None = None  # roots that ended before the session opened
+    session: Session | None = None
+    runs: dict[int, Run] = field(default_factory=dict)
+    closed: bool = False  # out of the table: a root starting now begins a new record
+    errors: int = 0
+    covered: set[int] = field(default_factory=set)  # spans whose subtree already had a counted call
+    genai: bool = False  # a GenAI span ended in it: billable at its root's end, if nobody else bills it
+    elsewhere: bool = False  # another layer billed a model call of it (see `_count`)
+    marked: set[int] | None = None  # spans started while a framework adapter was recording a call
+    held: list[int] | None = None  # [tool calls, errors] seen before the session opened
+
+    def session_id(self) -> str | None:
+        """The id this trace bills (or would bill) to; None: the trace id."""
+        for found in (self.session, self.enclosing):
+            if found is not None:
+                return found.session_id
+        return self.hint
+
+
+def end_runs(trace: Trace) -> None:
+    """Close a trace's record: its runs end now."""
+    with trace.lock:
+        trace.closed = True
+        runs = list(trace.runs.values())
+        trace.runs.clear()
+        trace.roots.clear()
+    for run in runs:
+        _api.end_run(run)
+
+
+def seconds(nanoseconds: int | None) -> float:
+    """A span timestamp (ns since the epoch) in epoch seconds; now when it is missing."""
+    return nanoseconds / 1e9 if nanoseconds else time.time()
+
+
+def suppressed(ctx: otel_context.Context) -> bool:
+    for key in SUPPRESS_KEYS:  # noqa: SIM110 - a plain loop: no generator per span on the hot path
+        if ctx.get(key):
+            return True
+    return False
+
+
+def session_hint(span: Span, ctx: otel_context.Context) -> str | None:
+    """A session id named at the root's start: its attributes, else the context (see `_attrs`)."""
+    found = attrs.session_id_from(span.attributes)
+    if found is not None or not ctx:
+        return found
+    return attrs.context_session_id(ctx, baggage.get_all(ctx))
