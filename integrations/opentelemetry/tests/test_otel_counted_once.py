@@ -288,3 +288,43 @@ def test_our_client_hook_and_the_client_instrumentors_span_count_once(
     assert billed(ledger) == served(server) == (3, 3600, 900)
     assert sorted(row["session_id"] for row in ledger.sessions()) == ["s0", "s1", "s2"]
 
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_streamed_and_failed_calls_are_the_handlers_too(instrumented: Otel, ledger: Spool, how: str) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    streamed = FakeOpenAIChat(messages=iter([reply(30, 3)]))
+    failing = FakeListChatModel(responses=["x"], error_on_chunk_number=0)
+
+    def run(question: str) -> str:
+        text = "".join(str(chunk.content) for chunk in streamed.stream(question))
+        with pytest.raises(Exception):  # noqa: B017 - the fake's own error type
+            list(failing.stream(question))
+        return text
+
+    with keito.session("s1"):
+        assert RunnableLambda(run).invoke("q", config=config(how)) == "fine"
+    [row] = ledger.sessions()  # the fake streams no usage: the handler's streamed call is usage_missing
+    assert (row["session_id"], row["llm_calls"], row["errors"]) == ("s1", 1, 1)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_langgraph_thread_is_the_handlers_session(instrumented: Otel, ledger: Spool, how: str) -> None:
+    graph_module = pytest.importorskip("langgraph.graph")
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    model = FakeOpenAIChat(messages=iter([reply(100, 10), reply(200, 20)]))
+
+    def answer(state: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    builder = graph_module.StateGraph(graph_module.MessagesState)
+    builder.add_node("answer", answer)
+    builder.add_edge(graph_module.START, "answer")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    run_config = {**config(how), "configurable": {"thread_id": "thread-7"}}
+    for turn in ("hi", "and then?"):
+        graph.invoke({"messages": [("user", turn)]}, config=run_config)
+    assert keito.end_session("thread-7")
+    assert sessions(ledger) == [("thread-7", "langchain", 2, 300, 30, 0)]
