@@ -19,10 +19,10 @@ span at all (a plain web request) never touches the core and bills nothing. Only
 add usage (see `_attrs.classify` and the README).
 
 Counted once across layers: a model-call span that starts or ends while a Keito framework adapter
-(our LangChain handler) is recording a model call in that context is the adapter's call, and a
-trace whose calls were all the adapter's is left to it (it knows the session: it bills the run's
-time, tools and errors). Otherwise a call is identified by the provider's response id, shared
-with our client hooks through the kernel's `seen`: the first layer to claim it counts it.
+(our LangChain handler) is recording a model call in that context is the adapter's call (it knows
+the session, and bills the run's time, tools and errors). Otherwise a call is identified by the
+provider's response id, shared with our client hooks through the kernel's `seen`: the first layer
+to claim it counts it. A trace whose calls were all billed by another layer bills nothing more.
 """
 
 from __future__ import annotations
