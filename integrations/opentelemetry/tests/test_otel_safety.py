@@ -124,3 +124,21 @@ def test_span_end_never_waits_for_keito(otel: Otel, ledger: Spool) -> None:
         assert all(r["state"] in ("pending", "sending") for r in ledger.records())  # spooled, not delivered
         server.set_latency(0.0)
         assert keito.flush(timeout=20.0) and server.wait_for(time_entries=1, expenses=1)
+
+
+def test_a_too_old_sdk_is_named_with_the_upgrade_line() -> None:
+    import subprocess
+
+    code = (
+        "from importlib import metadata\n"
+        "real = metadata.version\n"
+        "metadata.version = lambda name: '1.20.0' if name == 'opentelemetry-sdk' else real(name)\n"
+        "try:\n"
+        "    import keito_instrument.integrations.otel\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "needs opentelemetry-sdk >= 1.27, found 1.20.0" in done.stdout
+    assert 'pip install -U "keito-instrument[otel]"' in done.stdout

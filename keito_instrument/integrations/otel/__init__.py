@@ -54,7 +54,12 @@ except ImportError as exc:  # pragma: no cover - exercised through a test that h
 
 from ._trace import Trace, end_runs, seconds, session_hint, suppressed
 
-__all__ = ["KeitoSpanProcessor"]
+__all__ = ["MINIMUM", "KeitoSpanProcessor"]
+
+# The oldest opentelemetry-sdk supported (integrations/opentelemetry/constraints-min.txt); checked
+# once, at import, so an older one is named with the upgrade line instead of failing in a span hook.
+MINIMUM = (1, 27)
+_kernel.require_version("OpenTelemetry", "opentelemetry-sdk", MINIMUM, "otel")
 
 _log = logging.getLogger("keito_instrument")
 
