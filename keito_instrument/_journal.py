@@ -1,9 +1,10 @@
 """The host side of billing: one durable append per counted event, and nothing else.
 
 Every event a session records (a run's start and end, an LLM call, tool calls and errors, an
-outcome, the session's end) is one JSON line written with a single `write()` to this process's
-journal segment, opened with O_APPEND. Once `write()` returns the line is in the operating
-system's page cache: a SIGKILL of the process an instant later loses nothing (only an OS crash or
+outcome, the session's end) is one JSON line, written with a single `write()` to this process's
+journal segment, opened with O_APPEND (lines of one instant, such as a run's end and the session's
+end, go in the same `write()`). Once `write()` returns the line is in the operating system's page
+cache: a SIGKILL of the process an instant later loses nothing (only an OS crash or
 power loss can, as with the ledger's own WAL mode). No lock is taken, nothing is priced, no
 record is built and no SQLite transaction runs on the host's thread; the billing worker
 (`_engine`) folds the journal into the ledger in the background.
@@ -103,19 +104,25 @@ class Journal:
         self.append_line((_dumps(event) + "\n").encode("utf-8", "replace"), wake)
 
     def append_line(self, data: bytes, wake: bool = False) -> None:
-        """Write one already encoded event line (ending in a newline) durably; never raises."""
+        """Write already encoded event lines (each ending in a newline) durably, all in one
+        `write()`; never raises."""
         fd = self.fd if self.fd >= 0 else self._open()
         if fd >= 0:
             try:
-                # A full disk may cut a line short; the next line first ends it with a mark that
-                # no parser reads as an event (the torn event itself is kept in memory).
+                # A full disk may cut a write short; the next write first ends the cut line with
+                # a mark that no parser reads as an event (the lines not wholly written are kept
+                # in memory; those written whole are on disk, and only there).
                 out = TORN_END + data if self.torn else data
-                if os.write(fd, out) == len(out):
+                written = os.write(fd, out)
+                if written == len(out):
                     self.torn = False
-                    if wake:
+                    if wake and not self.wake.is_set():  # (set() takes a lock and notifies)
                         self.wake.set()
                     return
                 self.torn = True
+                done = written - (len(out) - len(data))  # bytes of `data` itself written
+                if done > 0:
+                    data = data[data.rfind(b"\n", 0, done) + 1:]
                 raise OSError("short write to the journal")
             except OSError as exc:
                 self._write_failed(exc)
@@ -129,10 +136,13 @@ class Journal:
             _log.error("keito-instrument: journal write failed (%s); keeping events in memory", exc)
 
     def _keep_in_memory(self, data: bytes) -> None:
-        if len(self.memory) >= MAX_MEMORY_LINES:
-            self.dropped += 1
-            return
-        self.memory.append(data)
+        # One line per item: the fold parses each item as one event.
+        lines = [data] if data.count(b"\n") == 1 else [line + b"\n" for line in data.split(b"\n")[:-1]]
+        for line in lines:
+            if len(self.memory) >= MAX_MEMORY_LINES:
+                self.dropped += 1
+            else:
+                self.memory.append(line)
 
     def close(self) -> None:
         """Close the segment and release the owner lock (the process is done with this ledger)."""

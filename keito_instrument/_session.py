@@ -14,7 +14,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _metadata as md
-from ._guard import guard
+from ._config import get_settings
+from ._guard import report
 from ._journal import _dumps
 from ._usage import MAX_COUNT, ModelUsage, normalised_call, warn_once
 
@@ -45,6 +46,19 @@ def add_breakdown(table: dict[str, dict[str, int]], key: str, usage: ModelUsage)
 
 
 MAX_INTERVALS = 256  # separate run intervals a session keeps (memory and ledger state stay bounded)
+# Every journal line carries its time stamp: the wall clock when it was written. A run's begin
+# or end line whose own time (on the session's clock, `wall`) is within this many seconds of it
+# writes that time for both: formatting a float is most of what a line costs, and a stamp is
+# only ever compared in seconds (activity, idle timeouts).
+STAMP_SLACK = 0.001
+# A run begun while another run of its session is open whose begin line is on disk, less than
+# this many seconds after the session's last line reached the disk, writes no begin line: its
+# end line carries its start, and while it runs the open run covers it (a process killed
+# meanwhile bills that run up to its last line, under COVERED_GAP before this run began). If
+# every covering run ends first, its begin line is written then. A burst of nested steps (a
+# decorated function called in a loop inside a session) writes one line each, not two. Only
+# for sessions that end with their runs (a conversation's runs are always written).
+COVERED_GAP = 0.001
 
 
 def add_interval(iv: list[list[float]], start: float, end: float) -> None:
@@ -57,6 +71,14 @@ def add_interval(iv: list[list[float]], start: float, end: float) -> None:
     the gaps are joined at once.
     """
     end = max(start, end)
+    if not iv or iv[-1][1] < start:  # after every interval so far: the common case
+        iv.append([start, end])
+        if len(iv) > MAX_INTERVALS:
+            _compact(iv)
+        return
+    if iv[-1][0] <= start:  # overlaps the last one only
+        iv[-1][1] = max(iv[-1][1], end)
+        return
     i = len(iv)
     while i > 0 and iv[i - 1][0] > start:
         i -= 1
@@ -86,10 +108,10 @@ def _compact(iv: list[list[float]]) -> None:
     iv[:] = out
 
 
-def _scalar_line(kind: str, sid: str, ident: str, close: str, fields: tuple[Any, ...]) -> bytes | None:
-    """A journal line of strings, ints, finite floats and None, written without the JSON encoder
-    (parsed value for value the same; a third of its cost on the host's thread). None: use it."""
-    parts = []
+def _scalar_body(fields: tuple[Any, ...]) -> str | None:
+    """`,v1,v2,...` for strings, ints, finite floats and None, as the JSON encoder writes them
+    ("" for no fields); None when a field is anything else (the encoder writes that line)."""
+    parts = [""]
     for value in fields:
         kind_of = type(value)
         if kind_of is int:
@@ -102,11 +124,31 @@ def _scalar_line(kind: str, sid: str, ident: str, close: str, fields: tuple[Any,
             parts.append("null")
         else:
             return None
-    if type(sid) is not str:
+    return ",".join(parts)
+
+
+def _scalar_line(kind: str, sid: str, ident: str, close: str, fields: tuple[Any, ...]) -> bytes | None:
+    """A journal line of strings, ints, finite floats and None, written without the JSON encoder
+    (parsed value for value the same; a third of its cost on the host's thread). None: use it."""
+    body = _scalar_body(fields)
+    if body is None or type(sid) is not str:
         return None
-    body = ",".join(parts)
-    return (f'[{_q(kind)},{_q(sid)},{_q(ident)},{_q(close)},{time.time()!r}{"," if body else ""}{body}]\n'
-            .encode("utf-8", "replace"))
+    return f'[{_q(kind)},{_q(sid)},{_q(ident)},{_q(close)},{time.time()!r}{body}]\n'.encode("utf-8", "replace")
+
+
+def _line_head(sid: str, ident: str, close: str) -> bytes | None:
+    """The part every journal line of a session repeats after its kind (`,sid,ident,mode,`),
+    encoded once per session; None when the session id is not a plain string (the JSON encoder
+    writes those lines)."""
+    if type(sid) is not str or type(close) is not str or not close:
+        return None
+    return f",{_q(sid)},{_q(ident)},{_q(close[0])},".encode("utf-8", "replace")
+
+
+# The end of a session's opening line (`,close,{options}]\n`) per (options, settings, close):
+# sessions opened with the same settings (every call of one decorated function) share it.
+_OPENINGS: dict[tuple[int, int, str], tuple[object, object, dict[str, Any], bytes]] = {}
+MAX_OPENINGS = 64
 
 
 class SessionOptions(NamedTuple):
@@ -127,6 +169,7 @@ class SessionOptions(NamedTuple):
     first_run_timeout: float | None = None
 
 
+_INTERNED: dict[tuple[tuple[str, Any], ...], SessionOptions] = {}
 _TEXT_OPTIONS = ("project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "framework", "notes")
 _SECONDS_OPTIONS = ("idle_timeout", "first_run_timeout")
 
@@ -186,7 +229,17 @@ def session_options(values: Mapping[str, Any]) -> SessionOptions:
             checked = _option(name, value)
             if checked is not None:
                 kept[name] = checked
-    return SessionOptions(**kept)
+    if "metadata" in kept:
+        return SessionOptions(**kept)
+    # The same settings give the same (immutable) object, so sessions opened with them share
+    # their encoded opening line (`Session.journal_open`). Every kept value has its one type.
+    key = tuple(kept.items())
+    found = _INTERNED.get(key)
+    if found is None:
+        if len(_INTERNED) >= MAX_OPENINGS:
+            _INTERNED.clear()
+        found = _INTERNED[key] = SessionOptions(**kept)
+    return found
 
 
 def outcome_fields(
@@ -290,13 +343,14 @@ class SessionSnapshot(NamedTuple):
 class Run:
     """One root run inside a session (a decorated call, a root chain, a kickoff, a root span)."""
 
-    __slots__ = ("_ended", "run_id", "session", "start")
+    __slots__ = ("_ended", "run_id", "session", "start", "text")
 
     def __init__(self, session: "Session", run_id: int, start: float) -> None:
         self.session = session
         self.run_id = run_id
         self.start = start
         self._ended = False
+        self.text: str | None = None  # its start as its begin line wrote it
 
     @property
     def session_id(self) -> str:
@@ -332,21 +386,105 @@ class Session:
         self.inherited = False  # a forked child's copy of its parent's session (the parent bills it)
         self._journal = journal
         self.ident = f"{self._wall0:.6f}"
+        self._head = _line_head(session_id, self.ident, close)
+        self._opening = b""  # the opening line, written with the session's first event
+        self._unlogged: set[int] = set()  # open runs whose begin line is not written (COVERED_GAP)
+        self._logged_at = -math.inf  # monotonic time (at most) of the last line on disk
 
-    def _log(self, kind: str, *fields: Any, wake: bool = False) -> None:
-        # The durable record of this event: one write to the journal, after our lock is released.
+    # -- the journal ----------------------------------------------------------------------------
+    # Every event is written durably (one write, after our lock is released) before the method
+    # that counted it returns; lines of one instant (a run's end and the session's end) share
+    # that write and its time stamp. The common lines are f-strings after the session's encoded
+    # `_head`, parsed value for value as the JSON encoder's (which writes anything else).
+    def _write(self, line: bytes, stamp: str, wake: bool = False, now: float | None = None) -> None:
+        # `stamp`: the time stamp of `line`, for the opening line if it is still to be written.
+        # `now`: a monotonic reading taken before `line` was made, kept once the line is on disk
+        # as (no later than) the time of this session's last durable line.
         journal = self._journal
         if journal is None:
             return
-        line = _scalar_line(kind, self.session_id, self.ident, self.close[0], fields)
-        if line is None:  # (a field that is a dict or a list, or a float that is not finite)
-            journal.append([kind, self.session_id, self.ident, self.close[0], time.time(), *fields], wake)
-        else:
-            journal.append_line(line, wake)
+        opening = self._opening
+        if opening:
+            # (Two threads racing here may both write it: folding an opening twice changes nothing.)
+            self._opening = b""
+            head = self._head
+            line = (opening if head is None else b'["o"' + head + stamp.encode() + opening) + line
+        journal.append_line(line, wake)
+        if now is not None:
+            self._logged_at = now
+
+    def _line(self, kind: str, fields: tuple[Any, ...], stamp: str) -> bytes:
+        head = self._head
+        if head is not None:
+            body = _scalar_body(fields)
+            if body is not None:
+                return f"[{_q(kind)}".encode() + head + f"{stamp}{body}]\n".encode("utf-8", "replace")
+        # (a field that is a dict or a list, a float that is not finite, an id that is not a str)
+        return (_dumps([kind, self.session_id, self.ident, self.close[0], float(stamp), *fields])
+                + "\n").encode("utf-8", "replace")
+
+    def _log(self, kind: str, *fields: Any, wake: bool = False) -> None:
+        if self._journal is not None:
+            stamp = repr(time.time())
+            self._write(self._line(kind, fields, stamp), stamp, wake)
+
+    def _begin_line(self, run_id: int, start: float, stamp: str | None = None) -> tuple[bytes, str | None, str]:
+        """A run's begin line, its start as the line writes it (None: not a plain float) and its
+        time stamp (made unless given: see STAMP_SLACK)."""
+        head = self._head
+        if head is None or start - start != 0:
+            stamp = stamp or repr(time.time())
+            return self._line("b", (run_id, start), stamp), None, stamp
+        text = repr(start)
+        if stamp is None:
+            t = time.time()
+            stamp = text if -STAMP_SLACK < t - start < STAMP_SLACK else repr(t)
+        return b'["b"' + head + f"{stamp},{run_id:d},{text}]\n".encode(), text, stamp
+
+    def _run_line(self, run_id: int, start: float, end: float, stamp: str | None = None,
+                  text: str | None = None) -> tuple[bytes, str]:
+        """A run's end line and its time stamp (made unless given: see STAMP_SLACK). `text`:
+        `start` as its begin line wrote it."""
+        head = self._head
+        if head is None or start - start != 0 or end - end != 0:
+            stamp = stamp or repr(time.time())
+            return self._line("r", (run_id, start, end), stamp), stamp
+        end_text = repr(end)
+        if stamp is None:
+            t = time.time()
+            stamp = end_text if -STAMP_SLACK < t - end < STAMP_SLACK else repr(t)
+        return b'["r"' + head + f"{stamp},{run_id:d},{text or repr(start)},{end_text}]\n".encode(), stamp
+
+    def _end_line(self, reason: str, closed: list[list[float]], expected: list[int], stamp: str) -> bytes:
+        head = self._head
+        if head is None or type(reason) is not str or not all(s - s == 0 and e - e == 0 for s, e in closed):
+            return self._line("e", (reason, closed, expected), stamp)
+        runs = ",".join(f"[{s!r},{e!r}]" for s, e in closed)
+        ran, calls, tools, errors, outcomes = expected
+        return b'["e"' + head + (f"{stamp},{_q(reason)},[{runs}],"
+                                 f"[{ran:d},{calls:d},{tools:d},{errors:d},{outcomes:d}]]\n").encode("utf-8", "replace")
 
     def journal_open(self, options: Mapping[str, Any]) -> None:
-        """Write the session's opening event (its close rule and resolved options)."""
-        self._log("o", self.close, dict(options))
+        """Prepare the session's opening event (its close rule and resolved options). It is
+        written with the session's first event, in the same write: an opening alone bills
+        nothing, and no other event of the session can be on disk before it."""
+        if self._journal is None:
+            return
+        if self._head is None:
+            self._opening = self._line("o", (self.close, dict(options)), repr(time.time()))
+            return
+        settings = get_settings()
+        key = (id(self.options), id(settings), self.close)
+        found = _OPENINGS.get(key)
+        if found is not None and found[0] is self.options and found[1] is settings and found[2] == options:
+            self._opening = found[3]
+            return
+        resolved = dict(options)
+        # (What follows the time stamp: `_write` puts the kind, the head and the stamp before it.)
+        self._opening = ("," + _dumps([self.close, resolved])[1:] + "\n").encode("utf-8", "replace")
+        if len(_OPENINGS) >= MAX_OPENINGS:
+            _OPENINGS.clear()
+        _OPENINGS[key] = (self.options, settings, resolved, self._opening)
 
     # -- runs ---------------------------------------------------------------------------------
     def mono(self, wall: float | None, now: float) -> float:
@@ -367,23 +505,39 @@ class Session:
         a leaking caller cannot grow this table without bound.
         """
         now = time.monotonic()
-        start = self.mono(started_at, now)
+        start = now if started_at is None else self.mono(started_at, now)
+        closed: list[tuple[int, float]] = []
+        late: list[tuple[int, float]] = []
         with self._lock:
             if self.ended:
                 return None
-            closed: list[tuple[int, float]] = []
-            while len(self._open_runs) >= max(1, max_open):
-                oldest = next(iter(self._open_runs))
-                closed.append((oldest, self._open_runs.pop(oldest)))
-                self._add_interval(closed[-1][1], now)
-            self._next_run += 1
-            self._open_runs[self._next_run] = start
+            open_runs, unlogged = self._open_runs, self._unlogged
+            limit = max_open if max_open > 1 else 1
+            if len(open_runs) >= limit:
+                while len(open_runs) >= limit:
+                    oldest = next(iter(open_runs))
+                    closed.append((oldest, open_runs.pop(oldest)))
+                    unlogged.discard(oldest)
+                    self._add_interval(closed[-1][1], now)
+                late = [(r, open_runs[r]) for r in unlogged]  # (the runs covering them may be gone)
+                unlogged.clear()
+            self._next_run = run_id = self._next_run + 1
+            # Covered (see COVERED_GAP): a run begun now starts no earlier than any open run.
+            covered = (len(open_runs) > len(unlogged) and started_at is None and not closed
+                       and self.close == "runs" and now - self._logged_at < COVERED_GAP)
+            open_runs[run_id] = start
+            if covered:
+                unlogged.add(run_id)
             self._last_activity = now
             self.had_runs = True
-            run = Run(self, self._next_run, start)
-        for old, old_start in closed:
-            self._log("r", old, self.wall(old_start), self.wall(now))
-        self._log("b", run.run_id, self.wall(start))
+            run = Run(self, run_id, start)
+        if self._journal is not None and not covered:
+            line, run.text, stamp = self._begin_line(run_id, self._wall0 + (start - self._mono0))
+            if closed or late:
+                line = b"".join([*(self._run_line(old, self.wall(old_start), self.wall(now), stamp)[0]
+                                   for old, old_start in closed),
+                                 *(self._begin_line(r, self.wall(s), stamp)[0] for r, s in late), line])
+            self._write(line, stamp, now=now)
         return run
 
     def end_run(self, run: Run, ended_at: float | None = None) -> SessionSnapshot | None:
@@ -395,19 +549,35 @@ class Session:
         timestamp); it is kept between the run's start and now.
         """
         now = time.monotonic()
-        end = self.mono(ended_at, now)
+        end = now if ended_at is None else self.mono(ended_at, now)
+        late: list[tuple[int, float]] = []
         with self._lock:
             if run._ended or self.ended:
                 return None
             run._ended = True
-            start = self._open_runs.pop(run.run_id, run.start)
-            self._add_interval(start, max(start, end))
+            open_runs = self._open_runs
+            start = open_runs.pop(run.run_id, run.start)
+            end = max(end, start)
+            unlogged = self._unlogged
+            if unlogged:
+                unlogged.discard(run.run_id)
+                if unlogged and len(open_runs) == len(unlogged):
+                    # The last open run whose begin is on disk ends: the runs it covered, still
+                    # going, write theirs now (before this end, in the same write).
+                    late = [(r, open_runs[r]) for r in unlogged]
+                    unlogged.clear()
+            add_interval(self._intervals, start, end)
             self._last_activity = now
-            last = self.close == "runs" and not self._open_runs
-            snapshot = self._finish_locked("completed", now) if last else None
-        self._log("r", run.run_id, self.wall(start), self.wall(max(start, end)))
-        if snapshot is not None:
-            self._log("e", "completed", [], self._expected(snapshot), wake=True)
+            snapshot = self._finish_locked("completed", now) if self.close == "runs" and not open_runs else None
+        if self._journal is not None:
+            wall0, mono0 = self._wall0, self._mono0  # (`wall`, inline)
+            line, stamp = self._run_line(run.run_id, wall0 + (start - mono0), wall0 + (end - mono0), None, run.text)
+            if late:
+                line = b"".join([*(self._begin_line(r, self.wall(s), stamp)[0] for r, s in late), line])
+            if snapshot is None:
+                self._write(line, stamp, now=now)
+            else:
+                self._write(line + self._end_line("completed", [], self._expected(snapshot), stamp), stamp, True)
         return snapshot
 
     def _add_interval(self, start: float, end: float) -> None:
@@ -434,7 +604,8 @@ class Session:
         """Add one model call; a repeated `call_id` is ignored. Returns False if not counted."""
         # Encoded first, while `usage` is still the caller's alone: once stored as the model's
         # total, another thread's call may add into it.
-        line = self._call_line(usage, breakdown)
+        stamp = repr(time.time())
+        line = self._call_line(usage, breakdown, stamp)
         with self._lock:
             if self.ended:
                 return False
@@ -450,30 +621,31 @@ class Session:
             else:
                 total.add(usage)
             self.llm_calls += 1
-            self._last_activity = time.monotonic()
+            self._last_activity = now = time.monotonic()
             if breakdown:
                 for dim, value in breakdown.items():
                     self._add_breakdown(f"{dim}.{value}", usage)
-        journal = self._journal
-        if journal is not None:
-            journal.append_line(line)
+        if self._journal is not None:
+            self._write(line, stamp, now=now)
         return True
 
-    def _call_line(self, u: ModelUsage, breakdown: Mapping[str, str] | None) -> bytes:
+    def _call_line(self, u: ModelUsage, breakdown: Mapping[str, str] | None, stamp: str | None = None) -> bytes:
         """The journal line of one call. The common case (plain strings and counts) is written
         with an f-string, a third of what the JSON encoder costs; anything else goes through it."""
-        sid, ident, close, model, provider = self.session_id, self.ident, self.close[0], u.model, u.provider
-        if breakdown or u.details or type(sid) is not str or type(model) is not str or not (
+        head, model, provider = self._head, u.model, u.provider
+        stamp = stamp or repr(time.time())
+        if breakdown or u.details or head is None or type(model) is not str or not (
             provider is None or type(provider) is str
         ):
-            return (_dumps(["c", sid, ident, close, time.time(), model, provider, u.input_tokens, u.output_tokens,
-                            u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cached_calls,
-                            u.usage_missing, dict(breakdown) if breakdown else None, u.details])
+            return (_dumps(["c", self.session_id, self.ident, self.close[0], float(stamp), model, provider,
+                            u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
+                            u.reasoning_tokens, u.cached_calls, u.usage_missing,
+                            dict(breakdown) if breakdown else None, u.details])
                     + "\n").encode("utf-8", "replace")
-        return (f'["c",{_q(sid)},{_q(str(ident))},{_q(close)},{time.time()!r},{_q(model)},'
-                f'{"null" if provider is None else _q(provider)},{u.input_tokens:d},{u.output_tokens:d},'
-                f'{u.cache_read_tokens:d},{u.cache_write_tokens:d},{u.reasoning_tokens:d},{u.cached_calls:d},'
-                f'{u.usage_missing:d},null,null]\n').encode("utf-8", "replace")
+        return b'["c"' + head + (
+            f'{stamp},{_q(model)},{"null" if provider is None else _q(provider)},{u.input_tokens:d},'
+            f"{u.output_tokens:d},{u.cache_read_tokens:d},{u.cache_write_tokens:d},{u.reasoning_tokens:d},"
+            f"{u.cached_calls:d},{u.usage_missing:d},null,null]\n").encode("utf-8", "replace")
 
     def _add_breakdown(self, key: str, usage: ModelUsage) -> None:
         add_breakdown(self._breakdown, key, usage)
@@ -503,7 +675,7 @@ class Session:
 
         Returns True if it was counted (False for a repeated `call_id` or an ended session).
         """
-        with guard("record_llm_call"):
+        try:  # (guarded as `guard` does, inline: this is the hot path)
             if call_id is not None and type(call_id) is not str:
                 call_id = call_key(call_id)
             if breakdown and not all(type(k) is str and type(v) is str for k, v in breakdown.items()):
@@ -531,7 +703,9 @@ class Session:
                 details=details,
             )
             return self.add_usage(usage, call_id, breakdown)
-        return False
+        except Exception as exc:
+            report("record_llm_call", exc)
+            return False
 
     def record_tool_call(self, count: int = 1) -> None:
         """Count tool calls."""
@@ -583,7 +757,10 @@ class Session:
             snapshot = self._finish_locked(reason, now)
         if snapshot is not None:
             closed_runs = [[self.wall(s), self.wall(e)] for s, e in closed]
-            self._log("e", reason, closed_runs, self._expected(snapshot, len(closed)), wake=True)
+            if self._journal is not None:
+                stamp = repr(time.time())
+                self._write(self._end_line(reason, closed_runs, self._expected(snapshot, len(closed)), stamp), stamp,
+                            True)
         return snapshot
 
     def _expected(self, snapshot: SessionSnapshot, closed: int = 0) -> list[int]:
@@ -601,6 +778,7 @@ class Session:
         if self.ended:
             return None
         self.ended = True
+        self._unlogged.clear()  # (the end line carries every open run)
         for start in self._open_runs.values():
             # A run that never reported its end is billed up to the last activity we saw.
             self._add_interval(start, min(now, max(self._last_activity, start)))
