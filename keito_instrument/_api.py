@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 
 from . import _baggage, _pipeline
 from ._config import get_settings
-from ._guard import guard, guarded
+from ._guard import guard, guarded, report
 from ._registry import current, new_session_id
 from ._session import Run, Session, SessionOptions, call_key, session_options
 
@@ -117,19 +117,55 @@ def get_session(session_id: str) -> Session | None:
 
 
 class _Scope:
-    """One run, shared by the sync, async and generator forms of `track_agent` and `session()`."""
+    """One run, shared by the sync, async and generator forms of `track_agent` and `session()`.
+
+    Each step is guarded as `guard` does (an `Exception` is reported and swallowed), written out
+    as try/except rather than `with guard(...)`: on this path, taken twice per decorated call,
+    the two calls a `with` block makes are a measurable share of the cost.
+    """
 
     __slots__ = ("close", "options", "run", "session_id", "token")
 
     def __init__(self, session_id: str | None, options: SessionOptions, close: str = "runs") -> None:
-        self.session_id, self.options, self.close = call_key(session_id), options, close
+        self.session_id = session_id if session_id is None or type(session_id) is str else call_key(session_id)
+        self.options, self.close = options, close
         self.run: Run | None = None
         self.token: Token[Session | None] | None = None
 
     def begin(self) -> None:
-        with guard("session start"):
+        try:
             if not get_settings().disabled:
                 self.run = _pipeline.registry.begin_run(self.session_id, self.options, close=self.close)
+        except Exception as exc:
+            report("session start", exc)
+
+    def start(self) -> None:
+        """`begin` then `enter` (a decorated call, a `with` block)."""
+        try:
+            if not get_settings().disabled:
+                self.run = run = _pipeline.registry.begin_run(self.session_id, self.options, close=self.close)
+                if run is not None:
+                    self.token = current.set(run.session)
+        except Exception as exc:
+            report("session start", exc)
+
+    def stop(self, exc: BaseException | None) -> None:
+        """`leave` if still inside, then end the run (`exc`: what the body raised, if anything)."""
+        token = self.token
+        if token is not None:
+            self.token = None
+            try:
+                current.reset(token)
+            except Exception as error:
+                report("session context", error)
+        run = self.run
+        if run is not None:
+            try:
+                if exc is not None and isinstance(exc, Exception):
+                    run.session.record_error()
+                _pipeline.registry.end_run(run)
+            except Exception as error:
+                report("session end", error)
 
     def enter(self) -> None:
         if self.run is not None:
@@ -137,16 +173,11 @@ class _Scope:
 
     def leave(self) -> None:
         if self.token is not None:
-            with guard("session context"):
+            try:
                 current.reset(self.token)
+            except Exception as exc:
+                report("session context", exc)
             self.token = None
-
-    def end(self, exc: BaseException | None) -> None:
-        with guard("session end"):
-            if self.run is not None:
-                if exc is not None and isinstance(exc, Exception):
-                    self.run.session.record_error()
-                _pipeline.registry.end_run(self.run)
 
 
 def _resolve_id(session_id: SessionId, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -203,17 +234,14 @@ def track_agent(
 
 def _wrap_sync(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
-        scope.begin()
-        scope.enter()
+        scope = _Scope(None if sid is None else _resolve_id(sid, args, kwargs), opts)
+        scope.start()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            scope.leave()
-            scope.end(exc)
+            scope.stop(exc)
             raise
-        scope.leave()
-        scope.end(None)
+        scope.stop(None)
         return result
 
     return wrapper
@@ -221,17 +249,14 @@ def _wrap_sync(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -
 
 def _wrap_async(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
-        scope.begin()
-        scope.enter()
+        scope = _Scope(None if sid is None else _resolve_id(sid, args, kwargs), opts)
+        scope.start()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            scope.leave()
-            scope.end(exc)
+            scope.stop(exc)
             raise
-        scope.leave()
-        scope.end(None)
+        scope.stop(None)
         return result
 
     return wrapper
@@ -239,7 +264,7 @@ def _wrap_async(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) 
 
 def _wrap_gen(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
+        scope = _Scope(None if sid is None else _resolve_id(sid, args, kwargs), opts)
         scope.begin()
         gen = func(*args, **kwargs)
         error: BaseException | None = None
@@ -268,14 +293,14 @@ def _wrap_gen(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) ->
             error = exc
             raise
         finally:
-            scope.end(error)
+            scope.stop(error)
 
     return wrapper
 
 
 def _wrap_async_gen(func: Callable[..., Any], sid: SessionId, opts: SessionOptions) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        scope = _Scope(_resolve_id(sid, args, kwargs), opts)
+        scope = _Scope(None if sid is None else _resolve_id(sid, args, kwargs), opts)
         scope.begin()
         agen = func(*args, **kwargs)
         error: BaseException | None = None
@@ -302,7 +327,7 @@ def _wrap_async_gen(func: Callable[..., Any], sid: SessionId, opts: SessionOptio
             error = exc
             raise
         finally:
-            scope.end(error)
+            scope.stop(error)
 
     return wrapper
 
@@ -333,16 +358,14 @@ class session:
         self._scope = _Scope(session_id, _options(**options), close)
 
     def __enter__(self) -> Session:
-        self._scope.begin()
-        self._scope.enter()
+        self._scope.start()
         run = self._scope.run
         return run.session if run is not None else Session("disabled", SessionOptions())
 
     def __exit__(
         self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._scope.leave()
-        self._scope.end(exc)
+        self._scope.stop(exc)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
