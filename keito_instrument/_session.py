@@ -783,22 +783,23 @@ class Session:
             # A run that never reported its end is billed up to the last activity we saw.
             self._add_interval(start, min(now, max(self._last_activity, start)))
         self._open_runs.clear()
-        intervals = tuple((self.wall(s), self.wall(e)) for s, e in self._intervals)
-        return SessionSnapshot(
-            session_id=self.session_id,
-            options=self.options,
-            opened_at=self._wall0,
-            started_at=intervals[0][0] if intervals else self.wall(self._mono0),
-            ended_at=self.wall(now),
-            intervals=intervals,
-            usage=tuple(self._usage.values()),
-            llm_calls=self.llm_calls,
-            tool_calls=self.tool_calls,
-            errors=self.errors,
-            outcomes=tuple(self._outcomes),
-            breakdown={k: dict(v) for k, v in self._breakdown.items()},
-            end_reason=reason,
-            had_runs=self.had_runs,
+        wall0, mono0 = self._wall0, self._mono0  # (`wall`, inline)
+        intervals = tuple([(wall0 + (s - mono0), wall0 + (e - mono0)) for s, e in self._intervals])
+        return SessionSnapshot(  # (positional, in the order of its fields: this runs at every session end)
+            self.session_id,
+            self.options,
+            wall0,  # opened_at
+            intervals[0][0] if intervals else wall0,  # started_at
+            wall0 + (now - mono0),  # ended_at
+            intervals,
+            tuple(self._usage.values()),
+            self.llm_calls,
+            self.tool_calls,
+            self.errors,
+            tuple(self._outcomes),
+            {k: dict(v) for k, v in self._breakdown.items()} if self._breakdown else {},
+            reason,  # end_reason
+            self.had_runs,
         )
 
     def _after_fork_in_child(self) -> None:
