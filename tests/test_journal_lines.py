@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 
@@ -45,3 +46,30 @@ def test_a_scalar_line_is_the_encoders_or_leaves_it_to_the_encoder(fields: tuple
     parsed = json.loads(line)
     assert parsed[:4] == ["b", "sid-\u00e9", "1.5", "r"] and isinstance(parsed[4], float)
     assert parsed[5:] == list(fields)
+
+
+@pytest.mark.parametrize("sid", ["plain", "ünïcødé \"q\" \\ \u2028", "id\ud800lone"])
+def test_the_run_and_end_lines_parse_to_what_the_encoder_writes(sid: str) -> None:
+    from keito_instrument._session import Session, SessionOptions
+
+    session = Session(sid, SessionOptions())
+    start, end = session.wall(session._mono0 + 0.25), session.wall(session._mono0 + 1.5)
+    begin, text, stamp = session._begin_line(7, start)
+    finish, _ = session._run_line(7, start, end, stamp, text)
+    ended = session._end_line("completed", [[start, end]], [1, 2, 3, 4, 5], stamp)
+    kept = sid.encode("utf-8", "replace").decode()  # (a lone surrogate is written as "?", as before)
+    for line, fields in ((begin, [7, start]), (finish, [7, start, end]),
+                         (ended, ["completed", [[start, end]], [1, 2, 3, 4, 5]])):
+        assert line.endswith(b"\n") and b"\n" not in line[:-1]
+        parsed = json.loads(line)
+        assert parsed[:4] == [parsed[0], kept, session.ident, "r"] and parsed[5:] == fields
+        assert parsed[4] == float(stamp) and abs(parsed[4] - time.time()) < 60
+
+
+def test_a_run_line_far_from_the_clock_keeps_its_own_stamp() -> None:
+    from keito_instrument._session import Session, SessionOptions
+
+    session = Session("s", SessionOptions())
+    start = session.wall(session._mono0) - 3600.0  # back-dated an hour
+    line, _text, stamp = session._begin_line(1, start)
+    assert json.loads(line)[6] == start and abs(float(stamp) - time.time()) < 60

@@ -248,4 +248,4 @@ def test_a_process_killed_after_a_burst_is_billed_up_to_its_last_step(
     assert row["session_id"] == "killed-burst"
     # Billed up to the last step's end line: both bursts and the pause between them (0.3 s), not
     # the minute until the kill. (`begun` was read just after the run began.)
-    assert abs(row["active_seconds"] - (last_step - begun)) < 0.05
+    assert abs(row["active_seconds"] - (last_step - begun)) < 0.1
