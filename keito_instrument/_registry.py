@@ -24,15 +24,15 @@ current: ContextVar[Session | None] = ContextVar("keito_instrument_session", def
 MAX_SESSION_ID = 200
 
 
+# The RFC 4122 variant (0b10) in the high bits of the 17th hex digit, the rest kept random.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+_OPEN, _END = guard("session open"), guard("session end")  # (a guard holds only its name: shared)
+
+
 def new_session_id() -> str:
     """A fresh random session id: a UUID4's text, as `str(uuid.uuid4())` writes it (at half its cost)."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-# The RFC 4122 variant (0b10) in the high bits of the 17th hex digit, the rest kept random.
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-_OPEN, _END = guard("session open"), guard("session end")
 
 
 class Registry:

@@ -220,3 +220,15 @@ def test_a_bad_event_time_never_bills_days_of_work(ledger: Spool, bad: float) ->
     assert row["active_seconds"] <= 86_400.0 + 60
     if bad not in (0.0, -1e18):
         assert row["active_seconds"] < 60
+
+
+def test_new_session_ids_are_uuid4_text() -> None:
+    import uuid
+
+    from keito_instrument._registry import new_session_id
+
+    ids = [new_session_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
