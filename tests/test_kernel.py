@@ -59,6 +59,57 @@ def test_the_framework_mark_is_scoped_to_its_context() -> None:
     assert kernel.in_framework_call() is None
 
 
+def test_a_run_mark_names_the_adapters_session_and_a_call_mark_overlays_it() -> None:
+    with keito.session("handler") as session, kernel.framework_run("langchain", session):
+        mark = kernel.in_framework_run()
+        assert mark is not None and (mark.adapter, mark.session) == ("langchain", session)
+        assert kernel.in_framework_call() is None  # a client hook still bills calls made in the run
+        assert kernel.framework_mark() is mark and kernel.marks_run(session)
+        with kernel.framework_call("langchain"):
+            assert kernel.in_framework_call() == "langchain" and kernel.in_framework_run() is None
+            assert kernel.framework_mark() == "langchain"
+        assert kernel.in_framework_run() is mark  # the call's end brings the run's mark back
+    assert kernel.framework_mark() is None
+
+
+def test_a_run_mark_holds_only_while_its_session_is_the_innermost_open_one() -> None:
+    from keito_instrument.adapters import begin_run, end_run
+
+    run = begin_run("per-run", framework="langchain")
+    assert run is not None
+    token = kernel.mark_framework_run("langchain", run.session)
+    try:
+        assert kernel.in_framework_run() is not None
+        with keito.session("opened-inside"):
+            assert kernel.in_framework_run() is None  # the innermost session wins, as for keito.session()
+        assert kernel.in_framework_run() is not None
+        end_run(run)
+        assert kernel.in_framework_run() is None and kernel.framework_mark() is None  # left behind
+        assert kernel.marks_run(run.session)  # (still there: a nested run need not set its own)
+    finally:
+        kernel.reset_mark(token)
+    assert kernel.marks_run(run.session) is False
+
+
+def test_a_mark_reset_from_another_context_puts_back_what_it_replaced() -> None:
+    import contextvars
+
+    with keito.session("outer") as session, kernel.framework_run("langchain", session):
+        outer = kernel.in_framework_run()
+        token = kernel.mark_framework_call("langchain")
+        copied = contextvars.copy_context()  # e.g. a task created while the call ran, which ends it
+        copied.run(kernel.reset_mark, token)  # the token is not of that context: no ValueError
+        assert copied.run(kernel.in_framework_run) is outer and copied.run(kernel.in_framework_call) is None
+        kernel.reset_mark(token)
+        assert kernel.in_framework_run() is outer
+        token = kernel.mark_framework_call("langchain")
+        elsewhere = contextvars.copy_context()
+        elsewhere.run(kernel.mark_framework_call, "agents")  # that context moved on to another mark
+        elsewhere.run(kernel.reset_mark, token)
+        assert elsewhere.run(kernel.in_framework_call) == "agents"  # not ours to undo there
+        kernel.reset_mark(token)
+
+
 def test_every_adapter_names_a_misspelt_option() -> None:
     pytest.importorskip("langchain_core")
     pytest.importorskip("opentelemetry.sdk")

@@ -13,10 +13,11 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
+from .._api import current_session
 from .._guard import report
 from .._provider_usage import usage_kwargs
 
@@ -122,41 +123,111 @@ class Switch:
 
 
 # -- counted once across layers -------------------------------------------------------------------
-# A framework adapter (LangChain's handler, the Agents SDK's processor) that will record a model
-# call itself marks the context while the call runs; a client hook (the OpenAI or Anthropic
-# client) seeing the mark leaves the call to it. The framework layer wins: it knows the session.
-_framework_call: ContextVar[str | None] = ContextVar("keito_framework_call", default=None)
-# The client hooks installed now (a `Switch(..., client_hook=True)` each): with none, a framework
-# adapter need not mark its calls at all (a context variable set and reset per call is not free).
+# One context variable carries what a framework adapter (LangChain's handler, the Agents SDK's
+# processor) bills itself, so whatever carries it (a copied context, an asyncio task, the threading
+# integration) carries both kinds of mark:
+# - a call mark, the adapter's name (a str), while a model call runs that the adapter records: a
+#   client hook (the OpenAI or Anthropic client) or the span processor leaves the call to it;
+# - a run mark (a `RunMark`) while a run runs whose time, tool calls and errors the adapter bills
+#   into its session: the span processor bills none of them again, and a model call the adapter
+#   does not record itself (a client called directly inside a chain step) goes to that session.
+# A call mark overlays its run's mark while the call runs; resetting it brings the run mark back.
+_framework_call: ContextVar[Any] = ContextVar("keito_framework_call", default=None)
+# The client hooks installed now (a `Switch(..., client_hook=True)` each, and the span processor):
+# with none, a framework adapter need not mark at all (a context variable set and reset per call
+# is not free).
 CLIENT_HOOKS: set[int] = set()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RunMark:
+    """Adapter `adapter` bills the run marked with this: its time, tools and errors, into `session`."""
+
+    adapter: str
+    session: Any  # the keito session the adapter bills the run into
+    outer: Any  # the keito session current when the mark was set: one opened inside the run wins
 
 
 @contextmanager
 def framework_call(name: str) -> Iterator[None]:
     """Mark the current context as inside a model call that adapter `name` records itself."""
-    token = _framework_call.set(name)
+    token = mark_framework_call(name)
     try:
         yield
     finally:
-        _framework_call.reset(token)
+        reset_mark(token)
+
+
+@contextmanager
+def framework_run(name: str, session: Any) -> Iterator[None]:
+    """Mark the current context as inside a run whose time and tools adapter `name` bills into `session`."""
+    token = mark_framework_run(name, session)
+    try:
+        yield
+    finally:
+        reset_mark(token)
 
 
 def mark_framework_call(name: str | None) -> Any:
-    """Set (or with None clear) the mark without a `with` block; returns the token to `reset_mark`."""
-    return _framework_call.set(name)
+    """Set (or with None clear) the call mark without a `with` block; returns the token to `reset_mark`."""
+    return _framework_call.set(name), name
+
+
+def mark_framework_run(name: str, session: Any) -> Any:
+    """Set the run mark without a `with` block; returns the token to `reset_mark`."""
+    mark = RunMark(name, session, current_session())
+    return _framework_call.set(mark), mark
 
 
 def reset_mark(token: Any) -> None:
-    """Undo `mark_framework_call`."""
+    """Undo `mark_framework_call` or `mark_framework_run`."""
+    context_token, mark = token
     try:
-        _framework_call.reset(token)
-    except ValueError:  # (reset from another context: clear it instead)
-        _framework_call.set(None)
+        _framework_call.reset(context_token)
+    except ValueError:
+        # Reset from another context (one copied while the mark was set, e.g. a task that ended
+        # the call): put back what the mark replaced, only where the mark is still what is there.
+        if _framework_call.get() is mark:
+            old = context_token.old_value
+            _framework_call.set(None if old is Token.MISSING else old)
 
 
 def in_framework_call() -> str | None:
     """The adapter recording the model call running in this context, if any."""
-    return _framework_call.get()
+    mark = _framework_call.get()
+    return mark if type(mark) is str else None
+
+
+def in_framework_run() -> RunMark | None:
+    """The run mark of this context, if it still holds: None inside a model call the adapter
+    records (see `in_framework_call`), once the run's session has ended (a mark left behind in
+    a context that outlived its run), or when a keito session was opened inside the run (the
+    innermost session wins, as for `keito.session()` itself)."""
+    return holding(_framework_call.get())
+
+
+def framework_mark() -> str | RunMark | None:
+    """Either mark of this context: the adapter recording the call running here (a str), else
+    the run mark if it holds (see `in_framework_run`), else None. One read of the variable."""
+    mark = _framework_call.get()
+    return mark if mark is None or type(mark) is str else holding(mark)
+
+
+def marks_run(session: Any) -> bool:
+    """Whether this context already carries a run mark billing into `session` (a nested run
+    inherits its root's mark through the context: it need not set one of its own)."""
+    mark = _framework_call.get()
+    return type(mark) is RunMark and mark.session is session
+
+
+def holding(mark: Any) -> RunMark | None:
+    """`mark` if it is a run mark that still holds here (see `in_framework_run`), else None."""
+    if type(mark) is not RunMark or mark.session.ended:
+        return None
+    found = current_session()
+    if found is not None and found is not mark.outer and found is not mark.session:
+        return None
+    return mark
 
 
 class Seen:
