@@ -10,6 +10,10 @@ so root runs are the session's active intervals. Nested runs map to their root t
 process-wide table, shared by every handler instance, so an explicit handler and the `instrument()`
 handler never bill a run twice: the first Keito handler to see a root run owns its whole tree.
 Usage is counted once per model call, at `on_llm_end`; chain inputs and outputs are never read.
+While a client hook or our span processor is installed, the handler marks the context for them
+(the kernel's run mark while it tracks a run, naming the run's session; the call mark while it
+records a model call), so they bill nothing of what it bills, and a call it never sees (a client
+called directly inside a chain step) goes into its session. With none installed it marks nothing.
 
 Threading contract: every hook runs inline on the caller's thread or event loop (`run_inline`),
 does O(1) work without locks on the hot path, never blocks on I/O except the local ledger write
@@ -32,11 +36,14 @@ from .._kernel import (
     CallUsage,
     check_options,
     mark_framework_call,
+    mark_framework_run,
+    marks_run,
     require_version,
     reset_mark,
 )
 from ._usage import (
     Call,
+    Nested,
     Root,
     add_raw_details,
     from_llm_output,
@@ -151,7 +158,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             parent = _nodes.get(parent_run_id.int)
             if parent is not None:
                 root = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
-                swept = _table.add(key, root)
+                swept = _table.add(key, _nested(root) if CLIENT_HOOKS else root)
                 if swept:
                     log_forgotten(swept)
                 return root
@@ -167,6 +174,8 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             raise
         if swept:
             log_forgotten(swept)
+        if CLIENT_HOOKS:  # the span processor (and client hooks) leave this run's time and tools to us
+            root.mark = mark_framework_run("langchain", root.session)
         return root
 
     def _open(self, metadata: _Meta) -> tuple[Session, Run | None] | None:
@@ -198,8 +207,10 @@ class KeitoCallbackHandler(BaseCallbackHandler):
         if error is not None and error is not root.last_error and not not_a_failure(error):
             root.last_error = error  # one exception bubbling through its ancestors counts once
             root.session.record_error()
-        if root.key == key and root.run is not None:
-            end_run(root.run)
+        if root.key == key:
+            _end_root(root)
+        elif type(entry) is Nested:
+            reset_mark(entry.mark)
 
     # -- starts ---------------------------------------------------------------------------------
     @override
@@ -214,7 +225,11 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 if parent is not None:
                     # The hot path, inlined: a nested chain maps to its root (idempotent if another
                     # Keito handler already mapped it: same parent, same root).
-                    _nodes[run_id.int] = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
+                    root = parent if type(parent) is Root else parent.root  # type: ignore[union-attr]
+                    if not CLIENT_HOOKS:
+                        _nodes[run_id.int] = root
+                    elif run_id.int not in _nodes:  # (never over another handler's `Nested`)
+                        _nodes[run_id.int] = _nested(root)
                     if len(_nodes) > _table.max_open:
                         log_forgotten(_table.sweep())
                     return
@@ -299,8 +314,8 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 _nodes.pop(key, None)
                 if call.mark is not None:
                     reset_mark(call.mark)
-                if call.root.key == key and call.root.run is not None:
-                    end_run(call.root.run)
+                if call.root.key == key:
+                    _end_root(call.root)
         except Exception as exc:
             _swallow(_G_LLM_END, exc)
 
@@ -352,8 +367,10 @@ class KeitoCallbackHandler(BaseCallbackHandler):
                 root = entry if type(entry) is Root else entry.root  # type: ignore[union-attr]
                 if root.owner is self:
                     _nodes.pop(key, None)
-                    if root.key == key and root.run is not None:
-                        end_run(root.run)
+                    if root.key == key:
+                        _end_root(root)
+                    elif type(entry) is Nested:
+                        reset_mark(entry.mark)
         except Exception as exc:
             _swallow(_G_END, exc)
 
@@ -419,6 +436,23 @@ class KeitoCallbackHandler(BaseCallbackHandler):
             _swallow(_G_ERROR, exc)
 
     on_chain_error = on_tool_error = on_retriever_error = _on_error
+
+
+def _nested(root: Root) -> Root | Nested:
+    """A nested run's entry while a client hook is installed: its root, whose run mark the
+    context already carries; or, where it does not (a thread that did not copy the context), a
+    `Nested` holding a mark of its own until the run ends."""
+    if marks_run(root.session):
+        return root
+    return Nested(root, mark_framework_run("langchain", root.session))
+
+
+def _end_root(root: Root) -> None:
+    """A root run ended: its mark goes (the context is as before the run) and its keito run ends."""
+    if root.mark is not None:
+        reset_mark(root.mark)
+    if root.run is not None:
+        end_run(root.run)
 
 
 _marked: list[bool] = []

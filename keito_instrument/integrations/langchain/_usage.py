@@ -196,7 +196,7 @@ class Root:
     """One root run: its session, the keito run it opened (None when it joined the caller's open
     session, whose own run already covers its time) and the handler that owns its whole tree."""
 
-    __slots__ = ("born", "key", "last_error", "owner", "run", "session")
+    __slots__ = ("born", "key", "last_error", "mark", "owner", "run", "session")
 
     def __init__(self, owner: object, session: Session, run: Run | None, key: int) -> None:
         self.owner = owner
@@ -205,6 +205,20 @@ class Root:
         self.key = key
         self.born = time.monotonic()
         self.last_error: BaseException | None = None
+        self.mark: object = None  # the kernel's run mark, set while the run runs (see `Nested`)
+
+
+class Nested:
+    """A nested run that had to set the run mark itself: its callbacks run in a context that does
+    not carry its root's (a thread that did not copy the context). Most nested runs inherit the
+    root's mark and map straight to their `Root`."""
+
+    __slots__ = ("born", "mark", "root")
+
+    def __init__(self, root: Root, mark: object) -> None:
+        self.root = root
+        self.mark = mark
+        self.born = time.monotonic()
 
 
 class Call:
@@ -221,15 +235,16 @@ class Call:
         self.mark: object = None  # the kernel's framework-call mark, set while the call runs
 
 
-Entry = Root | Call
+Entry = Root | Call | Nested
 
 
 def open_runs() -> OpenRuns[int, Entry]:
     """The adapter's open runs, `run_id.int -> entry`, bounded by `max_open_runs` and `max_run_age`.
 
-    A nested run maps straight to its `Root` (no allocation); a model call to a `Call`. Integer
-    keys hash in C (UUIDs would hash in Python). The table sweeps every 64 root or call inserts,
-    re-reading both caps from the settings, and whenever it is over its count cap.
+    A nested run maps straight to its `Root` (no allocation; a `Nested` when it sets a run mark of
+    its own); a model call to a `Call`. Integer keys hash in C (UUIDs would hash in Python). The
+    table sweeps every 64 root or call inserts, re-reading both caps from the settings, and
+    whenever it is over its count cap.
     """
     return OpenRuns(sweep_every=64, limits=_limits)
 
