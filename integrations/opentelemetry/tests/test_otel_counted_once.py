@@ -5,49 +5,26 @@ Which layer wins: our LangChain handler, wherever it records a call (it knows th
 processor leaves those calls, and a trace made only of them, to it. Elsewhere the provider's
 response id decides: the first layer to claim it counts the call.
 
-The handler is attached both ways LangChain orders callbacks differently: passed in the run's
-config (it sees each event before OpenInference's tracer) and process-wide with `instrument()`
-(after it).
+The handler is attached both ways (see `_layers`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from _layers import HOW, billed, chat, config, served, sessions
 from _lc_models import FakeOpenAIChat, reply
 from _otel_fakes import Otel, make_otel
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.tools import tool
-from openinference.instrumentation.langchain import LangChainInstrumentor
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 import keito_instrument as keito
 from keito_instrument._spool import Spool
 from keito_instrument.integrations import _kernel
-from keito_instrument.integrations import langchain as keito_lc
-
-HOW = ("config", "instrument")
-
-
-@pytest.fixture
-def instrumented() -> Iterator[Otel]:
-    setup = make_otel(agent_id="lc-otel")
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=setup.provider)
-    try:
-        yield setup
-    finally:
-        instrumentor.uninstrument()
-        setup.provider.shutdown()
-        keito_lc.uninstrument()
-        keito_lc._table.clear()
 
 
 @tool
@@ -66,19 +43,6 @@ def agent(inp: int = 100, out: int = 10) -> Runnable[Any, Any]:
         return str(model.invoke(question).content)
 
     return RunnableLambda(run)
-
-
-def config(how: str, **metadata: Any) -> dict[str, Any]:
-    """The run's config: with our handler in it, or nothing (the handler is process-wide)."""
-    if how == "instrument":
-        keito_lc.instrument()
-        return {"metadata": metadata}
-    return {"metadata": metadata, "callbacks": [keito_lc.KeitoCallbackHandler()]}
-
-
-def sessions(ledger: Spool) -> list[tuple[Any, ...]]:
-    keys = ("session_id", "framework", "llm_calls", "input_tokens", "output_tokens", "tool_calls")
-    return sorted(tuple(row[k] for k in keys) for row in ledger.sessions())
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -133,7 +97,8 @@ async def test_fifty_concurrent_identical_async_runs_bill_each_call_once(
 @pytest.mark.parametrize("how", HOW)
 def test_a_call_the_handler_never_saw_is_billed_by_the_processor(instrumented: Otel, ledger: Spool, how: str) -> None:
     # An instrumented model call made outside LangChain inside a chain step: the handler does not
-    # record it, so the processor does (OpenInference's spans are not its parent: a trace of its own).
+    # record it, so the processor does (its span starts a trace of its own: OpenInference's spans
+    # are not current), into the handler's session, which the run's mark names.
     model = FakeOpenAIChat(messages=iter([reply(100, 10)]))
 
     def step(question: str) -> str:
@@ -159,75 +124,6 @@ def test_the_processor_asks_for_the_handlers_marks_while_it_is_installed() -> No
 # -- two instrumentors: OpenInference's LangChain spans and the OpenAI client's spans --------------
 # openinference-instrumentation-langchain never makes its spans current (LangChain callbacks cannot
 # attach a context safely), so the OpenAI instrumentor's `chat` span starts a trace of its own.
-
-
-@pytest.fixture
-def server() -> Iterator[Any]:
-    pytest.importorskip("langchain_openai")
-    sys.path.insert(0, str(Path(__file__).parents[2] / "openai" / "tests"))
-    from _fake_server import fake_openai
-
-    with fake_openai() as fake:
-        yield fake
-
-
-class _ToTheTest(SpanProcessor):  # type: ignore[misc]
-    """Hands spans to the current test's processors.
-
-    OpenLLMetry's OpenAI instrumentor cannot be taken off again (on openai 2.x its `uninstrument`
-    leaves its wrapper, which goes on sending spans to the provider it was given), so it is
-    instrumented once, with a provider that forwards to the test's own.
-    """
-
-    target: Otel | None = None
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        if self.target is not None:
-            self.target.provider._active_span_processor.on_start(span, parent_context=parent_context)
-
-    def on_end(self, span: Any) -> None:
-        if self.target is not None:
-            self.target.provider._active_span_processor.on_end(span)
-
-
-@pytest.fixture(scope="module")
-def _openai_instrumentor() -> Iterator[_ToTheTest]:
-    openai_instrumentation = pytest.importorskip("opentelemetry.instrumentation.openai")
-    forward = _ToTheTest()
-    provider = TracerProvider()
-    provider.add_span_processor(forward)
-    instrumentor = openai_instrumentation.OpenAIInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    yield forward
-    forward.target = None
-    instrumentor.uninstrument()
-
-
-@pytest.fixture
-def client_spans(instrumented: Otel, _openai_instrumentor: _ToTheTest) -> Iterator[Otel]:
-    """OpenLLMetry's OpenAI instrumentor feeding the same processors as OpenInference's LangChain one."""
-    _openai_instrumentor.target = instrumented
-    try:
-        yield instrumented
-    finally:
-        _openai_instrumentor.target = None
-
-
-def chat(server: Any) -> Any:
-    from langchain_openai import ChatOpenAI
-
-    return ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, timeout=10)
-
-
-def served(server: Any) -> tuple[int, int, int]:
-    return (len(server.served), sum(u["prompt_tokens"] for u in server.served),
-            sum(u["completion_tokens"] for u in server.served))
-
-
-def billed(ledger: Spool) -> tuple[int, int, int]:
-    rows = ledger.sessions()
-    return (sum(r["llm_calls"] for r in rows), sum(r["input_tokens"] for r in rows),
-            sum(r["output_tokens"] for r in rows))
 
 
 def test_spans_of_one_call_in_two_traces_count_once_by_the_response_id(

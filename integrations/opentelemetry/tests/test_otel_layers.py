@@ -85,7 +85,7 @@ def test_a_call_the_adapter_does_not_record_still_bills_its_trace(otel: Otel, le
 
 def test_a_client_span_starting_a_trace_inside_an_adapters_call_opens_no_session(otel: Otel, ledger: Spool) -> None:
     # A client instrumentor's span is GenAI from its start: a root of its own (its framework's
-    # spans are not current) would open its session at once, but the adapter bills the call.
+    # spans are not current) would make its trace billable, but the adapter bills the call.
     with _kernel.framework_call("fake"), otel.tracer.start_as_current_span("chat", attributes=chat(f"r-{uuid4()}")):
         pass
     assert ledger.sessions() == [] and otel.processor.open_traces == 0

@@ -154,7 +154,7 @@ def test_a_model_call_ending_after_its_plain_root_is_billed(otel: Otel, ledger: 
     assert (row["session_id"], row["llm_calls"]) == (f"{root.get_span_context().trace_id:032x}", 1)
 
 
-def test_a_genai_root_opens_its_session_at_its_start(ledger: Spool) -> None:
+def test_a_genai_root_is_billed_when_its_trace_is_closed_before_any_span_ends(ledger: Spool) -> None:
     setup = make_otel(max_traces=1)
     stuck = setup.tracer.start_span("agent", attributes={"gen_ai.operation.name": "invoke_agent"})
     setup.tracer.start_span("next").end()  # a plain trace pushes the stuck one out

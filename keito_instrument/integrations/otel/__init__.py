@@ -12,17 +12,21 @@ the `keito.session()` enclosing the root's start if there is one, else the one n
 `using_session`), kept open across traces until `idle_timeout`; else one session per trace, ending
 with its root span. Billed time is the union of the root spans, by the spans' own timestamps.
 
-The session is opened lazily, when the trace first has something to bill (a model call, or its
-root's end), back-dated to its roots' starts: until then a trace is a light record (root ids, start
-times, the session hints read at start, tool calls and errors held back), so a trace with no GenAI
-span at all (a plain web request) never touches the core and bills nothing. Only model-call spans
-add usage (see `_attrs.classify` and the README).
+The session is opened lazily, when the trace first has something to bill (a model call, its
+root's end, or the trace's eviction), back-dated to its roots' starts: until then a trace is a
+light record (root ids, start times, the session hints read at start, tool calls and errors held
+back), so a trace with no GenAI span at all (a plain web request) never touches the core and
+bills nothing. Only model-call spans add usage (see `_attrs.classify` and the README).
 
-Counted once across layers: a model-call span that starts or ends while a Keito framework adapter
-(our LangChain handler) is recording a model call in that context is the adapter's call (it knows
-the session, and bills the run's time, tools and errors). Otherwise a call is identified by the
-provider's response id, shared with our client hooks through the kernel's `seen`: the first layer
-to claim it counts it. A trace whose calls were all billed by another layer bills nothing more.
+Counted once across layers: a Keito framework adapter (our LangChain handler) marks the context
+while it tracks a run (the kernel's run mark, naming its session) and while it records a model
+call (the call mark). A span that starts inside either mark, a root that ends inside one, and a
+span whose parent is marked, are the adapter's: the trace bills none of their time, tool calls or
+errors. A model-call span under a call mark is the adapter's call; under a run mark only, it is a
+call the adapter never sees (a client called directly inside a chain step), billed once into the
+adapter's session. Otherwise a call is identified by the provider's response id, shared with our
+client hooks through the kernel's `seen`: the first layer to claim it counts it. A trace whose
+calls were all billed by another layer bills nothing more.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import keito_instrument as _keito
 from ... import adapters as _api
 from ...adapters import Run, guard
 from .. import _kernel, missing_extra
-from .._kernel import CLIENT_HOOKS, check_options, in_framework_call
+from .._kernel import CLIENT_HOOKS, RunMark, check_options, framework_mark
 from .._runs import OpenRuns, Recent
 from . import _attrs as attrs
 
@@ -52,7 +56,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised through a test that hides the package
     raise missing_extra("OpenTelemetry", "otel") from exc
 
-from ._trace import Trace, end_runs, seconds, session_hint, suppressed
+from ._trace import Trace, bill_in_run, end_runs, inherited, seconds, session_hint, suppressed
 
 __all__ = ["MINIMUM", "KeitoSpanProcessor"]
 
@@ -73,7 +77,6 @@ FIRST_TRACE_TIMEOUT = 120.0
 _LATE = 0  # run key of a trace first seen at a GenAI span's end (the processor was added late)
 _MAX_SKIPPED = 10_000
 _MAX_CLOSED = 4_096
-_FRAMEWORK = "framework"  # a model-call span of a call that a framework adapter records itself
 # One guard object per hook: `guard` keeps no state, so reusing it saves an allocation per span.
 _ON_START = guard("otel on_start")
 _ON_END = guard("otel on_end")
@@ -133,12 +136,14 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                         self._skipped.clear()  # stay bounded; a missed skip costs one ignored span
                     self._skipped.add(span.get_span_context().span_id)
                 return
-            framework = in_framework_call() is not None
+            mark = framework_mark()
             parent = span.parent
             if parent is None or parent.is_remote:
-                self._open_root(span, ctx, framework)
-            if framework:
-                self._mark(span.get_span_context())
+                self._open_root(span, ctx, mark is not None)
+            elif mark is None:
+                mark = inherited(self._open.get(parent.trace_id), parent.span_id)
+            if mark is not None:
+                self._mark(span.get_span_context(), mark)
 
     @override
     def on_end(self, span: ReadableSpan) -> None:
@@ -156,10 +161,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             parent = span.parent
             is_root = parent is None or parent.is_remote
             trace = self._open.get(trace_id)
-            marked = False
-            if trace is not None and trace.marked:
-                marked = span_id in trace.marked
-                trace.marked.discard(span_id)
+            mark = trace.marked.pop(span_id, None) if trace is not None and trace.marked else None
             attributes = span.attributes
             if not attributes or not attrs.is_genai(attributes):
                 # A web app's own span (keys scanned, nothing copied): it only passes "already
@@ -168,19 +170,27 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                     if span_id in trace.covered:
                         self._count(trace, trace_id, attrs.OTHER, {}, span, span_id, None if is_root else parent)
                     if is_root:
+                        if mark is not None or framework_mark() is not None:
+                            trace.elsewhere = True  # a framework adapter's run: it bills the time
                         self._close_root(trace, trace_id, span_id, span)
                 return
             # One copy into a plain dict: the SDK's attribute mapping is slow to probe key by key.
             values: Mapping[str, Any] = dict(attributes)
             role = attrs.classify(values)
-            if role == attrs.MODEL_CALL and (marked or in_framework_call() is not None):
-                role = _FRAMEWORK  # the framework adapter recording this call bills it
+            if type(mark) is not str:
+                # Still inside an adapter's call or run at the span's end: its instrumentor ran
+                # before the adapter (a LangChain handler added by instrument()). A call mark
+                # then outranks the run mark the span started in.
+                now = framework_mark()
+                if now is not None and (mark is None or type(now) is str):
+                    mark = now
+            if mark is not None:
+                self._framework_span(trace, trace_id, role, values, span, span_id, is_root, parent, mark)
+                return
             if trace is None or trace.closed:
                 if trace_id in self._closed:
                     self._straggler(trace_id, span_id, role, values)
                     return
-                if role == _FRAMEWORK:
-                    return  # nothing of ours to bill in a trace we never saw start
                 trace = self._open_late(trace_id, values, span)
                 if trace is None:
                     return
@@ -246,11 +256,12 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             return  # pragma: no cover - four other threads raced this one on the same trace
         self._close_evicted(evicted)
         attributes = span.attributes
-        if fresh is not None and not framework and attributes and attrs.is_genai(attributes) \
-                and attrs.classify(attributes) != attrs.MODEL_CALL:
-            # A GenAI root (an agent run): its session opens now. A model call of its own waits
-            # for its end, when it is known whether another layer bills it.
-            self._activate(fresh, trace_id)
+        if fresh is not None and not framework and attributes and attrs.is_genai(attributes):
+            # A GenAI root (an agent run) is billable even if none of its spans ever ends (its
+            # trace evicted, or open at shutdown). Its session still opens lazily, at its first
+            # counted call or its end: only then is it known whether another layer bills the run
+            # (a framework adapter called after the root's instrumentor marks the run later).
+            fresh.genai = True
 
     def _add_locked(self, trace_id: int, trace: Trace) -> list[tuple[int, Trace]]:
         """Track a new trace (processor lock held); returns the oldest traces beyond the count or
@@ -264,15 +275,16 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         """Note a trace taken out of the table, so its stragglers are billed to its session id."""
         self._closed.remember(trace_id, trace.session_id())
 
-    def _mark(self, span_ctx: Any) -> None:
-        """Note a span started inside a framework adapter's model call (the adapter may end its
-        call before the span ends: a LangChain handler called before the span's instrumentor)."""
+    def _mark(self, span_ctx: Any, mark: str | RunMark) -> None:
+        """Note a span started inside a framework adapter's model call or run (the adapter may
+        end its call or run before the span ends: a LangChain handler called before the span's
+        instrumentor)."""
         trace = self._open.get(span_ctx.trace_id)
         if trace is not None:
             with trace.lock:
                 if trace.marked is None:
-                    trace.marked = set()
-                trace.marked.add(span_ctx.span_id)
+                    trace.marked = {}
+                trace.marked[span_ctx.span_id] = mark
 
     def _activate(self, trace: Trace, trace_id: int) -> bool:
         """Open the trace's session (it has something to bill); False if the trace is already closed."""
@@ -351,7 +363,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         parent: Any,
     ) -> None:
         """Count once: a model call whose subtree already held a counted call is a wrapper, not a
-        call; one that a framework adapter records, or another layer already claimed, is theirs."""
+        call; one that another layer already claimed is theirs."""
         if role == attrs.OTHER and span_id not in trace.covered:
             return
         failed = span.status.status_code is StatusCode.ERROR and role in (attrs.MODEL_CALL, attrs.TOOL)
@@ -359,11 +371,8 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
             covered = span_id in trace.covered
             if covered:
                 trace.covered.discard(span_id)
-            if parent is not None and (covered or role in (attrs.MODEL_CALL, _FRAMEWORK)):
+            if parent is not None and (covered or role == attrs.MODEL_CALL):
                 trace.covered.add(parent.span_id)
-            if role == _FRAMEWORK:
-                trace.elsewhere = True
-                return
             if failed:
                 trace.errors += 1
         if role == attrs.MODEL_CALL and not covered:
@@ -377,6 +386,27 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                 trace.session.record_llm_call(**attrs.call_kwargs(values, span_id))
         if role == attrs.TOOL or failed:
             self._tally(trace, role == attrs.TOOL, failed)
+
+    def _framework_span(self, trace: Trace | None, trace_id: int, role: str, values: Mapping[str, Any],
+                        span: ReadableSpan, span_id: int, is_root: bool, parent: Any, mark: str | RunMark) -> None:
+        """A span inside a framework adapter's model call or run: the adapter bills its time, tool
+        calls and errors, so the trace bills none of them. Its model call is the adapter's (a call
+        mark), or, under a run mark only, one the adapter never sees (a client called directly in a
+        chain step): billed once, into the adapter's session."""
+        covered = False
+        if trace is not None and not trace.closed:
+            with trace.lock:
+                covered = span_id in trace.covered
+                if covered:
+                    trace.covered.discard(span_id)
+                if parent is not None and not is_root and (covered or role == attrs.MODEL_CALL):
+                    trace.covered.add(parent.span_id)
+                if role == attrs.MODEL_CALL or is_root:
+                    trace.elsewhere = True  # billed by the adapter, or in its session
+        if role == attrs.MODEL_CALL and not covered and type(mark) is RunMark:
+            bill_in_run(mark, values, span_id)
+        if is_root and trace is not None and not trace.closed:
+            self._close_root(trace, trace_id, span_id, span)
 
     def _tally(self, trace: Trace, tool: bool, failed: bool) -> None:
         """Count a tool call or an error: into the session, or held back until it opens."""

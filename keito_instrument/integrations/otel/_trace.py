@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import Span
 
+import keito_instrument as _keito
+
 from ... import adapters as _api
 from ...adapters import Run, Session
+from .. import _kernel
 from . import _attrs as attrs
 
 # The keys instrumentations set while suppressed (`opentelemetry.instrumentation.utils.
@@ -43,8 +48,8 @@ class Trace:
     errors: int = 0
     covered: set[int] = field(default_factory=set)  # spans whose subtree already had a counted call
     genai: bool = False  # a GenAI span ended in it: billable at its root's end, if nobody else bills it
-    elsewhere: bool = False  # another layer billed a model call of it (see `_count`)
-    marked: set[int] | None = None  # spans started while a framework adapter was recording a call
+    elsewhere: bool = False  # another layer billed a model call of it, or its root is an adapter's run
+    marked: dict[int, Any] | None = None  # span id -> the framework mark it started in (a str or a RunMark)
     held: list[int] | None = None  # [tool calls, errors] seen before the session opened
 
     def session_id(self) -> str | None:
@@ -64,6 +69,27 @@ def end_runs(trace: Trace) -> None:
         trace.roots.clear()
     for run in runs:
         _api.end_run(run)
+
+
+def inherited(trace: Trace | None, parent_span_id: int) -> str | _kernel.RunMark | None:
+    """The framework mark a span's parent started in, for a span started where the context does
+    not carry it (a thread that did not copy the context, given the parent explicitly): the
+    subtree of a framework adapter's call or run is the adapter's."""
+    if trace is None or not trace.marked:
+        return None
+    mark = trace.marked.get(parent_span_id)
+    return mark if mark is None or type(mark) is str else _kernel.holding(mark)
+
+
+def bill_in_run(mark: _kernel.RunMark, values: Mapping[str, Any], span_id: int) -> None:
+    """Count a model call once, into the session of the framework adapter's run it was made in."""
+    if not _kernel.seen.claim(attrs.response_id(values)):
+        return  # counted by another layer: our client hook, or a span in another trace
+    kwargs = attrs.call_kwargs(values, span_id)
+    session = mark.session
+    if not session.record_llm_call(**kwargs) and session.ended:
+        # The run's session ended before the span did: a later part of the same session id.
+        _keito.record_llm_call(**kwargs, session_id=session.session_id)
 
 
 def seconds(nanoseconds: int | None) -> float:
