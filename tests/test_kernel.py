@@ -91,6 +91,27 @@ def test_a_run_mark_holds_only_while_its_session_is_the_innermost_open_one() -> 
     assert kernel.marks_run(run.session) is False
 
 
+def test_a_client_call_inside_a_marked_run_bills_to_the_runs_session(ledger: Spool) -> None:
+    from keito_instrument.adapters import begin_run, end_run
+
+    usage = {"prompt_tokens": 40, "completion_tokens": 4}
+    run = begin_run("thread-7", framework="langchain")  # a framework's session, not the current one
+    assert run is not None and keito.current_session() is None
+    token = kernel.mark_framework_run("langchain", run.session)
+    try:
+        assert kernel.record_provider_call("gpt-4o-mini", "openai", usage, flavor="openai-chat",
+                                           response_id="chatcmpl-run-1")
+    finally:
+        kernel.reset_mark(token)
+    end_run(run)
+    assert kernel.record_provider_call("gpt-4o-mini", "openai", usage, flavor="openai-chat",
+                                       response_id="chatcmpl-run-2")  # no mark: on its own
+    assert keito.flush(5.0)
+    rows = {row["session_id"]: row for row in ledger.sessions()}
+    assert rows["thread-7"]["llm_calls"] == 1 and rows["thread-7"]["input_tokens"] == 40
+    assert sum(row["llm_calls"] for row in rows.values()) == 2
+
+
 def test_a_mark_reset_from_another_context_puts_back_what_it_replaced() -> None:
     import contextvars
 

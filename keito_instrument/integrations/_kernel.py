@@ -267,12 +267,17 @@ def record_provider_call(
     session: Any = None,
 ) -> bool:
     """Count one model call from a provider's usage block: into `session` if given, else the
-    current session (or on its own, as `keito.record_llm_call` does). No usage block: the call
-    is counted with `usage_missing`, never as zero. Returns False when another layer had it."""
+    session of the framework run marked here (a client called directly inside a LangChain step
+    bills to that run's session), else the current session (or on its own, as
+    `keito.record_llm_call` does). No usage block: the call is counted with `usage_missing`,
+    never as zero. Returns False when another layer had it."""
     if not seen.claim(response_id):
         return False
     found = usage_kwargs(usage, flavor)
     kwargs: dict[str, Any] = found if found is not None else {"usage_missing": True}
+    if session is None:
+        run = in_framework_run()
+        session = run.session if run is not None else None
     if session is not None:
         return bool(session.record_llm_call(model or "unknown", provider, call_id=response_id, **kwargs))
     from .. import record_llm_call
