@@ -40,10 +40,11 @@ from bench_openai import (
     Tally,
     Variant,
     api_handler,
-    bounded,
     class_patch,
     fresh_bodies,
     keito_session_scope,
+    langsmith_peer,
+    memory_tracer,
     run,
     serve,
 )
@@ -64,26 +65,9 @@ def read_usage(message: Any) -> object:
 
 
 def _peers(bench: Bench, in_process: Callable[..., Any], create: Callable[[Any], object]) -> list[Variant]:
-    peers: list[Variant] = []
+    peers = [peer for peer in [langsmith_peer(bench, "wrap_anthropic", in_process, create)] if peer is not None]
     try:
-        from langsmith import Client
-        from langsmith.wrappers import wrap_anthropic
-
-        ls_client = Client(api_url=bench.sink_url, api_key="ls-bench", auto_batch_tracing=True)
-        bench.stack.callback(bounded(ls_client.cleanup, 3.0))
-        wrapped = wrap_anthropic(in_process(), tracing_extra={"client": ls_client})  # (it patches the instance)
-        peers.append(Variant("LangSmith wrap_anthropic", lambda: create(wrapped), role="peer",
-                             teardown=bounded(lambda: ls_client.flush(timeout=5.0)), recorded=bench.sink.runs))
-    except ImportError as exc:
-        bench.say(f"  (skipping LangSmith: {exc})")
-    try:
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-        provider = TracerProvider()
-        exporter = InMemorySpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider, exporter = memory_tracer()
         traced = in_process(open_telemetry={"tracer_provider": provider})
         spans = Tally()
 

@@ -406,30 +406,46 @@ def read_usage(response: Any) -> object:
     return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
 
 
+def langsmith_peer(bench: Bench, wrapper: str, in_process: Callable[..., Any],
+                   create: Callable[[Any], object]) -> Variant | None:
+    """LangSmith's `langsmith.wrappers.<wrapper>` around a fresh client, exporting to the bench's
+    local sink only (None, said, when this langsmith lacks it)."""
+    try:
+        from langsmith import Client, wrappers
+    except ImportError as exc:
+        bench.say(f"  (skipping LangSmith: {exc})")
+        return None
+    wrap = getattr(wrappers, wrapper, None)
+    if wrap is None:
+        bench.say(f"  (skipping LangSmith: this langsmith has no wrappers.{wrapper})")
+        return None
+    ls_client = Client(api_url=bench.sink_url, api_key="ls-bench", auto_batch_tracing=True)
+    bench.stack.callback(bounded(ls_client.cleanup, 3.0))
+    wrapped = wrap(in_process(), tracing_extra={"client": ls_client})  # (it patches the instance)
+    return Variant(f"LangSmith {wrapper}", lambda: create(wrapped), role="peer",
+                   teardown=bounded(lambda: ls_client.flush(timeout=5.0)), recorded=bench.sink.runs)
+
+
+def memory_tracer() -> tuple[Any, Any]:
+    """An SDK TracerProvider exporting every span, as it ends, to an in-memory exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
 def _openai_peers(bench: Bench, in_process: Callable[[], Any], create: Callable[[Any], object]) -> list[Variant]:
     from openai.resources.chat.completions import Completions
 
-    peers: list[Variant] = []
-    try:
-        from langsmith import Client
-        from langsmith.wrappers import wrap_openai
-
-        ls_client = Client(api_url=bench.sink_url, api_key="ls-bench", auto_batch_tracing=True)
-        bench.stack.callback(bounded(ls_client.cleanup, 3.0))
-        wrapped = wrap_openai(in_process(), tracing_extra={"client": ls_client})  # (it patches the instance)
-        peers.append(Variant("LangSmith wrap_openai", lambda: create(wrapped), role="peer",
-                             teardown=bounded(lambda: ls_client.flush(timeout=5.0)), recorded=bench.sink.runs))
-    except ImportError as exc:
-        bench.say(f"  (skipping LangSmith: {exc})")
+    peers = [peer for peer in [langsmith_peer(bench, "wrap_openai", in_process, create)] if peer is not None]
     try:
         from opentelemetry.instrumentation.openai import OpenAIInstrumentor
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-        provider = TracerProvider()
-        exporter = InMemorySpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider, exporter = memory_tracer()
         instrumentor = OpenAIInstrumentor()
         on, off = peer_patch(Completions, "create", lambda: instrumentor.instrument(tracer_provider=provider))
         spans = Tally()

@@ -46,6 +46,7 @@ def instrumented() -> Iterator[Otel]:
         instrumentor.uninstrument()
         setup.provider.shutdown()
         keito_lc.uninstrument()
+        keito_lc._table.clear()  # runs a test left open are not the next test's
         keito_lc._table.clear()
 
 

@@ -7,32 +7,15 @@ langchain-core's own `UsageMetadataCallbackHandler` on the same run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from _lc_models import FakeOpenAIChat, reply
-from _otel_fakes import Otel, make_otel
+from _otel_fakes import Otel
 from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.runnables import RunnableLambda
-from openinference.instrumentation.langchain import LangChainInstrumentor
 
 from keito_instrument._spool import Spool
-from keito_instrument.integrations import langchain as keito_lc
 from keito_instrument.integrations.langchain import KeitoCallbackHandler
-
-
-@pytest.fixture
-def instrumented() -> Iterator[Otel]:
-    setup = make_otel(agent_id="lc-otel")
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=setup.provider)
-    try:
-        yield setup
-    finally:
-        instrumentor.uninstrument()
-        setup.provider.shutdown()
-        keito_lc._table.clear()
 
 
 def billed(ledger: Spool, framework: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
