@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 WAIT = 2.0  # seconds a fork waits for a section to finish; never blocks the host for longer
 _lock = threading.RLock()
@@ -27,6 +29,20 @@ def section() -> Iterator[None]:
     """Run the body with no fork starting in the middle of it."""
     with _lock:
         yield
+
+
+def reset_in_child(owner: Any) -> None:
+    """Call `owner._after_fork_in_child()` in every forked child while `owner` lives (the hook
+    holds it weakly, so it never keeps it alive)."""
+    ref = weakref.ref(owner)
+
+    def child() -> None:
+        target = ref()
+        if target is not None:
+            target._after_fork_in_child()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=child)
 
 
 def _before_fork() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 
 from ._config import get_settings
+from ._forksafe import reset_in_child
 from ._guard import guard
 from ._session import Run, Session, SessionOptions, SessionSnapshot
 
@@ -239,16 +240,6 @@ def _sweep_loop(ref: weakref.ReferenceType[Registry], wake: threading.Event) -> 
         wake.clear()
 
 
-def _register_fork_hook(registry: Registry) -> None:
-    ref = weakref.ref(registry)
-
-    def child() -> None:
-        target = ref()
-        if target is not None:
-            target._after_fork_in_child()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=child)
 
 
 def make_registry(on_end: Callable[[SessionSnapshot], None],
@@ -256,5 +247,5 @@ def make_registry(on_end: Callable[[SessionSnapshot], None],
                   new_session: Callable[[str, SessionOptions, str], Session] | None = None) -> Registry:
     """Create a registry and hook it to fork."""
     registry = Registry(on_end, on_open, new_session)
-    _register_fork_hook(registry)
+    reset_in_child(registry)
     return registry

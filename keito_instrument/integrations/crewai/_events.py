@@ -23,15 +23,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..._config import get_settings
+from ..._forksafe import reset_in_child
 from ..._metadata import text
 from ..._usage import raw_details
 from ...adapters import Run, begin_run, end_run, get_session, guard
@@ -244,7 +243,7 @@ class KickoffAssembler:
         self._idle = threading.Condition(self._lock)
         self._ending = 0  # kickoffs closed whose sessions are still being written
         self.late_events = 0  # events that arrived after their kickoff was closed (not billed)
-        _reset_at_fork(self)
+        reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
         # The parent bills its kickoffs; the child starts empty, with a lock no thread holds.
@@ -507,13 +506,3 @@ def _limits() -> tuple[int, float]:
     return MAX_OPEN_KICKOFFS, get_settings().max_run_age
 
 
-def _reset_at_fork(assembler: KickoffAssembler) -> None:
-    ref = weakref.ref(assembler)  # the hook must not keep the assembler alive
-
-    def child() -> None:
-        target = ref()
-        if target is not None:
-            target._after_fork_in_child()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=child)
