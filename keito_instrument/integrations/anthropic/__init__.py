@@ -9,7 +9,8 @@ Covered, sync and async (`Anthropic`, `AsyncAnthropic`, and the Bedrock and Vert
 share the resources): `messages.create` (plain and `stream=True`), `messages.parse`, the
 `messages.stream(...)` helper, and the same under `client.beta.messages`, through
 `.with_raw_response` and `.with_streaming_response` too (a body the caller reads themselves is
-counted with `usage_missing`). Usage is the
+counted with `usage_missing`; a `parse` whose answer does not validate, with the answer's usage,
+its error raised unchanged). Usage is the
 response's own: Anthropic's `input_tokens` excludes the cache, so the billed input is input +
 cache reads + cache writes, with the reads, the writes and their 1-hour part recorded as such
 (and web searches); the model is the one the response names.

@@ -10,6 +10,10 @@ recording) runs under `guard`, so it never raises into the host.
 resource's `create` / `parse` as bound when a client first builds them (ours, once instrumented),
 and the SDK's method then returns its raw response object instead of a Message or a stream, the
 only layer that sees the call; `_after_raw` counts it.
+
+A call that raises after the API answered (`parse()` whose structured output does not validate,
+a body the SDK cannot read as a Message) was billed by Anthropic: `_after_error` counts it from
+the body the SDK read, then lets the same exception through.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ TARGETS = (
 )
 
 _G_CALL = guard("anthropic messages call")
+_G_ERROR = guard("anthropic messages call error")
 _active = False  # wrappers left under someone else's wrapper by `remove` pass straight through
 _managed: weakref.WeakKeyDictionary[Any, StreamCall] = weakref.WeakKeyDictionary()  # open helpers' calls
 
@@ -108,6 +113,42 @@ def _after_raw(raw: Any, kwargs: dict[str, Any], is_async: bool, stream: Any) ->
                                  response_id=body.get("id"))
 
 
+def _after_error(exc: Exception, kwargs: dict[str, Any]) -> None:
+    """Count a call that raised after the API answered, from the Message body the SDK had read.
+
+    The SDK parses the answer inside the call, so the exception is all the caller gets. The body
+    is the one of the HTTP response the exception names (`APIResponseValidationError`'s), else of
+    the SDK's raw response its own frames held when its parsing raised (`messages.parse`'s
+    pydantic `ValidationError` carries only the text it could not validate): found in the
+    exception's traceback, read only. A failure with no Message body (an HTTP error, a timeout)
+    was not a billed call: nothing is counted.
+    """
+    if kwargs.get("stream") is True:
+        return  # (a stream that fails is counted by its events, see `_stream`)
+    response = getattr(exc, "response", None)
+    body = _read_body(response) if response is not None else {}
+    if not body:
+        raw = _answered(exc)
+        body = _read_body(raw.http_response) if raw is not None else {}
+    if body:
+        _kernel.record_provider_call(body.get("model") or kwargs.get("model"), PROVIDER, body.get("usage"),
+                                     flavor="anthropic", response_id=body.get("id"))
+
+
+def _answered(exc: BaseException) -> Any:
+    """The SDK's raw response held by one of the SDK's frames the exception passed through, if any."""
+    raw_types = _raw_types()
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if str(frame.f_globals.get("__name__", "")).startswith("anthropic."):
+            for value in frame.f_locals.values():
+                if isinstance(value, raw_types):
+                    return value
+        tb = tb.tb_next
+    return None
+
+
 def _read_body(response: Any) -> dict[str, Any]:
     """The JSON object of a response body already read; {} for one not read or not an object."""
     if not getattr(response, "is_stream_consumed", False):
@@ -141,11 +182,21 @@ def _after_exit(manager: Any) -> None:
         call.end()  # (a no-op when the stream was read to its end)
 
 
+def _on_error(exc: Exception, kwargs: dict[str, Any]) -> None:
+    if _active and _kernel.in_framework_call() is None:
+        with _G_ERROR:
+            _after_error(exc, kwargs)
+
+
 def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     if kind == "call":
         @functools.wraps(original)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = original(self, *args, **kwargs)
+            try:
+                result = original(self, *args, **kwargs)
+            except Exception as exc:
+                _on_error(exc, kwargs)
+                raise
             if _active and _kernel.in_framework_call() is None:  # (else a framework adapter records it)
                 with _G_CALL:
                     if not _after_call(result, kwargs, False) and _is_raw(result):
@@ -155,7 +206,11 @@ def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     if kind == "acall":
         @functools.wraps(original)
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = await original(self, *args, **kwargs)
+            try:
+                result = await original(self, *args, **kwargs)
+            except Exception as exc:
+                _on_error(exc, kwargs)
+                raise
             if _active and _kernel.in_framework_call() is None:
                 with _G_CALL:
                     if not _after_call(result, kwargs, True) and _is_raw(result):
