@@ -1,4 +1,4 @@
-"""The kernel's bounded run tables (`OpenRuns`, `Recent`) and the switch's `update`."""
+"""The kernel's bounded tables (`OpenRuns`, `Recent`, the response ids in `seen`) and the switch's `update`."""
 
 from __future__ import annotations
 
@@ -89,6 +89,71 @@ def test_recent_remembers_the_last_keys_with_their_values() -> None:
     assert 2 not in recent
     recent.clear()
     assert len(recent) == 0
+
+
+def test_a_key_is_claimed_once_and_a_missing_key_always() -> None:
+    recent: Recent[str, None] = Recent()
+    assert recent.claim("resp_1") and not recent.claim("resp_1") and recent.claim("resp_2")
+    assert recent.claim(None) and recent.claim(None) and recent.claim("") and len(recent) == 2
+
+
+def test_claims_are_bounded_by_count_oldest_forgotten_first() -> None:
+    recent: Recent[str, None] = Recent(max_keys=2)
+    for key in ("a", "b", "c"):
+        assert recent.claim(key)
+    assert len(recent) == 2 and "a" not in recent
+    assert recent.claim("a") and not recent.claim("c")  # "a" claimable again; "b" now forgotten
+    assert "b" not in recent
+
+
+def test_keys_older_than_the_age_cap_are_forgotten() -> None:
+    now = [100.0]
+    recent: Recent[str, str] = Recent(max_keys=100, max_age=10.0, clock=lambda: now[0])
+    recent.remember("old", "s-old")
+    now[0] = 105.0
+    assert recent.claim("young")
+    now[0] = 110.0
+    assert not recent.claim("old")  # exactly at the cap: still remembered
+    now[0] = 110.5
+    assert recent.claim("old") and "young" in recent  # past the cap: forgotten, so claimable again
+    now[0] = 116.0
+    recent.remember("new", "s-new")
+    assert "young" not in recent and "old" in recent and "new" in recent and len(recent) == 2
+
+
+def test_re_remembering_a_key_keeps_its_age_and_takes_the_new_value() -> None:
+    now = [0.0]
+    recent: Recent[str, str] = Recent(max_age=10.0, clock=lambda: now[0])
+    recent.remember("k", "first")
+    now[0] = 8.0
+    recent.remember("k", "second")
+    assert recent.get("k") == "second"
+    now[0] = 11.0
+    recent.remember("other", "x")
+    assert "k" not in recent
+
+
+def test_claims_from_many_threads_count_each_key_once_and_stay_bounded() -> None:
+    recent: Recent[int, None] = Recent(max_keys=10_000)
+    won: list[int] = []
+
+    def work() -> None:
+        won.extend(key for key in range(2_000) if recent.claim(key))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == list(range(2_000))
+    small: Recent[int, None] = Recent(max_keys=50, max_age=1e9)
+    threads = [threading.Thread(target=lambda t=t: [small.claim(t * 10_000 + i) for i in range(2_000)])
+               for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(small) == 50 and len(small._at) == 50  # the ages are bounded with their keys
 
 
 def test_the_switch_hands_new_settings_to_update_while_installed() -> None:

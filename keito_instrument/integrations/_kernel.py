@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import difflib
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -20,6 +18,7 @@ from typing import Any
 from .._api import current_session
 from .._guard import report
 from .._provider_usage import usage_kwargs
+from ._runs import Recent
 
 
 @dataclass(slots=True)
@@ -230,31 +229,9 @@ def holding(mark: Any) -> RunMark | None:
     return mark
 
 
-class Seen:
-    """Provider response ids already billed (bounded by count and age): the second layer to see
-    one call, in any session or trace, skips it."""
-
-    def __init__(self, max_ids: int = 65_536, max_age: float = 3600.0) -> None:
-        self._ids: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-        self._max_ids, self._max_age = max_ids, max_age
-
-    def claim(self, response_id: str | None) -> bool:
-        """True the first time `response_id` is claimed (always True for None: nothing to match)."""
-        if not response_id:
-            return True
-        now = time.monotonic()
-        with self._lock:
-            if response_id in self._ids:
-                return False
-            self._ids[response_id] = now
-            while self._ids and (len(self._ids) > self._max_ids
-                                 or now - next(iter(self._ids.values())) > self._max_age):
-                self._ids.popitem(last=False)
-        return True
-
-
-seen = Seen()
+# Provider response ids already billed: the second layer to see one call, in any session or
+# trace, skips it.
+seen: Recent[str, None] = Recent(65_536, max_age=3600.0)
 
 
 def record_provider_call(

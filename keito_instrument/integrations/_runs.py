@@ -7,10 +7,12 @@ crashed worker, a dropped event, a generator never closed). Every adapter theref
 runs in an `OpenRuns`, capped in count and age, so a long-lived host never grows without bound;
 what falls out is handed back to the adapter to close (billed up to what was seen). A `Recent`
 remembers the keys of runs already closed, so a straggling event of a finished run is recognised
-instead of opening a new one.
+instead of opening a new one; the kernel's `seen`, one too, the provider response ids already
+counted.
 
-Framework-free, and cheap on the hot path: a lookup, an insert or a removal is one dict operation
-(atomic in CPython), so callers need no lock for them; only a sweep takes the table's lock.
+Framework-free, and cheap on the hot path: a lookup, an insert or a removal in an `OpenRuns` is
+one dict operation (atomic in CPython), so callers need no lock for them; only a sweep takes the
+table's lock. A `Recent` is read without a lock and noted into under its own.
 """
 
 from __future__ import annotations
@@ -132,11 +134,24 @@ class OpenRuns(Generic[K, V]):
 
 
 class Recent(Generic[K, T]):
-    """The last `max_keys` keys closed, each with a value (say, the session id it billed to)."""
+    """The last `max_keys` keys noted, each with a value (say, the session id a closed run billed
+    to), oldest forgotten first; with `max_age`, also no key older than that many seconds.
 
-    def __init__(self, max_keys: int = 4_096) -> None:
-        self._keys: OrderedDict[K, T] = OrderedDict()
+    Two uses: the runs an adapter closed lately (`remember`, then `get` or `in`), and the provider
+    response ids already counted (`claim`: only the first layer to claim one counts it). Lookups
+    are lock-free (one dict read); `remember` and `claim` take a lock, so "seen? else note it" is
+    one step and the count and age caps hold from any thread. `clock` (`time.monotonic`) is for
+    tests.
+    """
+
+    def __init__(self, max_keys: int = 4_096, max_age: float | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._keys: OrderedDict[K, T | None] = OrderedDict()
+        self._at: dict[K, float] = {}  # when each key was noted; kept only with an age cap
         self._max = max(1, int(max_keys))
+        self._max_age = None if max_age is None else float(max_age)
+        self._clock = clock
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -149,16 +164,58 @@ class Recent(Generic[K, T]):
         return self._keys.get(key, default)
 
     def remember(self, key: K, value: T) -> None:
-        """Note `key` as closed (the oldest key is forgotten past `max_keys`)."""
-        keys = self._keys
-        keys[key] = value
-        while len(keys) > self._max:
-            keys.popitem(last=False)
+        """Note `key` with `value` (a key noted before keeps its place and age, takes the value)."""
+        with self._lock:
+            now = self._now()
+            self._note(key, value, now)
+            self._expire(now)
+
+    def claim(self, key: K | None, value: T | None = None) -> bool:
+        """Note `key` and return True the first time it is claimed; False while it is remembered.
+
+        A missing key (None or "") is always True: there is nothing to match it with.
+        """
+        if key is None or key == "":
+            return True
+        with self._lock:
+            now = self._now()
+            self._expire(now)
+            if key in self._keys:
+                return False
+            self._note(key, value, now)
+        return True
 
     def forget(self, key: K) -> None:
         """Drop `key` (a run that reopened)."""
-        self._keys.pop(key, None)
+        with self._lock:
+            self._keys.pop(key, None)
+            self._at.pop(key, None)
 
     def clear(self) -> None:
         """Forget every key."""
-        self._keys.clear()
+        with self._lock:
+            self._keys.clear()
+            self._at.clear()
+
+    # The helpers below run under the lock.
+    def _now(self) -> float:
+        return 0.0 if self._max_age is None else self._clock()
+
+    def _note(self, key: K, value: T | None, now: float) -> None:
+        keys = self._keys
+        if self._max_age is not None and key not in keys:
+            self._at[key] = now
+        keys[key] = value
+        while len(keys) > self._max:
+            self._at.pop(keys.popitem(last=False)[0], None)
+
+    def _expire(self, now: float) -> None:
+        if self._max_age is None:
+            return
+        keys, at, oldest_kept = self._keys, self._at, now - self._max_age
+        while keys:
+            oldest = next(iter(keys))
+            if at[oldest] >= oldest_kept:
+                break
+            del keys[oldest]
+            del at[oldest]
