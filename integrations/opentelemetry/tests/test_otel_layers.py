@@ -162,4 +162,4 @@ def test_the_mark_request_ends_with_the_processor() -> None:
 
 
 def _session_open(otel: Otel) -> bool:
-    return any(t.session is not None for t in otel.processor._traces.values())
+    return any(t.session is not None for t in otel.processor._table.traces.values())

@@ -52,7 +52,7 @@ def test_internal_error_at_span_start_is_contained(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("forced at start")
 
-    monkeypatch.setattr(otel.processor, "_open_root", broken)
+    monkeypatch.setattr(otel.processor._table, "open_root", broken)
     span = otel.tracer.start_span("agent", attributes={"gen_ai.operation.name": "invoke_agent"})
     span.end()
     assert [s.name for s in otel.exported.get_finished_spans()] == ["agent"]

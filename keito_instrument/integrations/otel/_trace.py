@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import Span
-
-import keito_instrument as _keito
 
 from ... import adapters as _api
 from ...adapters import Run, Session
@@ -30,10 +27,11 @@ SUPPRESS_KEYS: tuple[str, ...] = tuple(
 class Trace:
     """One open trace. Plain until it has something to bill; then it holds its session and runs.
 
-    Every field below `lock` is read and written under it; the processor's own lock guards only
-    its tables (open traces, recently closed ones, suppressed spans), and is taken after it.
-    Lookups in the open-trace table are lock-free (one dict operation each); an insert or a removal
-    that must not race another thread's on the same trace is made under the processor's lock.
+    Every field below `lock` is read and written under it; the lock of the processor's
+    `TraceTable` guards only its tables (open traces, recently closed ones, suppressed spans), and
+    is taken after it. Lookups in the open-trace table are lock-free (one dict operation each); an
+    insert or a removal that must not race another thread's on the same trace is made under the
+    table's lock.
     """
 
     born: float  # monotonic: the age cap
@@ -79,17 +77,6 @@ def inherited(trace: Trace | None, parent_span_id: int) -> str | _kernel.RunMark
         return None
     mark = trace.marked.get(parent_span_id)
     return mark if mark is None or type(mark) is str else _kernel.holding(mark)
-
-
-def bill_in_run(mark: _kernel.RunMark, values: Mapping[str, Any], span_id: int) -> None:
-    """Count a model call once, into the session of the framework adapter's run it was made in."""
-    if not _kernel.seen.claim(attrs.response_id(values)):
-        return  # counted by another layer: our client hook, or a span in another trace
-    kwargs = attrs.call_kwargs(values, span_id)
-    session = mark.session
-    if not session.record_llm_call(**kwargs) and session.ended:
-        # The run's session ended before the span did: a later part of the same session id.
-        _keito.record_llm_call(**kwargs, session_id=session.session_id)
 
 
 def seconds(nanoseconds: int | None) -> float:
