@@ -21,6 +21,7 @@ from keito_instrument.integrations.crewai._events import (
     Tokens,
     tokens_from_usage,
 )
+from keito_instrument.integrations.crewai._record import _label
 
 OPENAI = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
 
@@ -489,9 +490,9 @@ def test_missing_usage_is_flagged_not_zero_cost(ledger: Spool) -> None:
 
 
 def test_labels_are_short() -> None:
-    assert ev._label("x" * 500) == "x" * 59 + "…"
-    assert ev._label("  a \n b ") == "a b"
-    assert ev._label(None) is None
+    assert _label("x" * 500) == "x" * 59 + "…"
+    assert _label("  a \n b ") == "a b"
+    assert _label(None) is None
 
 
 def test_fork_hook_does_not_keep_the_assembler_alive() -> None:

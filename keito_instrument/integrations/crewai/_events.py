@@ -1,7 +1,9 @@
 """Framework-free assembly of CrewAI events into keito runs (one run per kickoff).
 
 The CrewAI adapter turns each bus event into a plain `CrewEvent` and feeds it to `KickoffAssembler`;
-nothing here imports crewai, so the logic is tested with hand-made events in any order.
+nothing here imports crewai, so the logic is tested with hand-made events in any order. The
+event and its kinds (`_crew_event`), what an event records in a session (`_record`) and the token
+reader (`_tokens`) live beside it and are importable from here too.
 
 The bus hands events to a thread pool, so they arrive out of order: an LLM call can complete
 before its start is seen, and a kickoff can end before the completions of its last calls are
@@ -22,145 +24,57 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 from ..._config import get_settings
 from ..._forksafe import reset_in_child
 from ..._metadata import text
-from ..._usage import raw_details
 from ...adapters import Run, begin_run, end_run, get_session, guard
-from .._kernel import CallUsage
 from .._runs import OpenRuns, Recent
+from ._crew_event import (
+    ENDING,
+    KICKOFF_COMPLETED,
+    KICKOFF_FAILED,
+    KICKOFF_STARTED,
+    LLM_COMPLETED,
+    LLM_FAILED,
+    LLM_STARTED,
+    TASK_FAILED,
+    TOOL_FAILED,
+    TOOL_FINISHED,
+    CrewEvent,
+)
+from ._record import MAX_LABEL, record, record_call
+from ._tokens import Tokens, tokens_from_usage
+
+__all__ = [
+    "ENDING",
+    "KICKOFF_COMPLETED",
+    "KICKOFF_FAILED",
+    "KICKOFF_STARTED",
+    "LLM_COMPLETED",
+    "LLM_FAILED",
+    "LLM_STARTED",
+    "MAX_FINISHED_KEYS",
+    "MAX_IDS_PER_KICKOFF",
+    "MAX_LABEL",
+    "MAX_OPEN_KICKOFFS",
+    "TASK_FAILED",
+    "TOOL_FAILED",
+    "TOOL_FINISHED",
+    "CrewEvent",
+    "KickoffAssembler",
+    "Tokens",
+    "tokens_from_usage",
+]
 
 _log = logging.getLogger("keito_instrument")
 
 MAX_OPEN_KICKOFFS = 10_000  # beyond it the oldest kickoff is closed (billing what it spent)
 MAX_FINISHED_KEYS = 4_096  # remembered so late events of a finished kickoff are not a new kickoff
 MAX_IDS_PER_KICKOFF = 20_000
-MAX_LABEL = 60
-
-KICKOFF_STARTED = "kickoff_started"
-KICKOFF_COMPLETED = "kickoff_completed"
-KICKOFF_FAILED = "kickoff_failed"
-LLM_STARTED = "llm_started"
-LLM_COMPLETED = "llm_completed"
-LLM_FAILED = "llm_failed"
-TOOL_FINISHED = "tool_finished"
-TOOL_FAILED = "tool_failed"
-TASK_FAILED = "task_failed"
-ENDING = frozenset({KICKOFF_COMPLETED, KICKOFF_FAILED})
-
-
-@dataclass(frozen=True)
-class CrewEvent:
-    """One bus event, reduced to what billing needs.
-
-    Attributes:
-        kind: One of the module's kind constants (`LLM_COMPLETED`, ...).
-        key: The `event_id` of the start event of the innermost kickoff this event belongs to.
-        outer: The key of the enclosing kickoff, for a kickoff started inside another one.
-        session_id: An explicit session to bill the kickoff to (crew inputs or per-crew settings).
-        caller_session: The keito session open in the kickoff caller's context, if any.
-        options: `begin_run` options (project_id, task_id, agent_id, metadata, ...).
-        item_id: The call id (LLM events) or start event id (tool events) used to count once.
-        usage: The provider-shaped usage dict of a completed LLM call.
-        settled: For an end event: every event emitted before it has already been handled.
-        streamed: For a failed LLM call: its output had begun streaming (the provider bills it).
-        at: When the event happened (wall-clock epoch seconds, the bus event's timestamp); None
-            when unknown (the time it is handled is used instead).
-    """
-
-    kind: str
-    key: str
-    outer: str | None = None
-    session_id: str | None = None
-    caller_session: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    item_id: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    usage: Mapping[str, Any] | None = None
-    agent: str | None = None
-    task: str | None = None
-    error: str | None = None
-    settled: bool = True
-    at: float | None = None
-    streamed: bool = False
-
-
-Tokens = CallUsage  # (the kernel's one usage type; the name this module has always exported)
-
-
-def _int(usage: Mapping[str, Any], *names: str) -> int | None:
-    for name in names:
-        value = usage.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return int(value)  # (the core clamps what no real call reports)
-    return None
-
-
-def _detail(usage: Mapping[str, Any], parent: str, name: str) -> int | None:
-    details = usage.get(parent)
-    if isinstance(details, Mapping):
-        return _int(details, name)
-    value = getattr(details, name, None)
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def tokens_from_usage(usage: Mapping[str, Any] | None) -> Tokens | None:
-    """Map a CrewAI provider usage dict to keito's token buckets; None when it holds no counts.
-
-    CrewAI's native providers report OpenAI-shaped keys (`prompt_tokens` including cached tokens,
-    `completion_tokens` including reasoning; LiteLLM too), Gemini's (`prompt_token_count`,
-    `candidates_token_count` without thoughts), already-normalised Anthropic ones, or Bedrock's
-    Converse usage (`inputTokens` beside `cacheReadInputTokens`). Raw Anthropic and Bedrock
-    input counts exclude cache reads and writes, so the cache parts are added back.
-    """
-    if not usage:
-        return None
-    cache_read = _int(usage, "cached_prompt_tokens", "cached_tokens", "cache_read_tokens")
-    raw_cache_read = _int(usage, "cache_read_input_tokens", "cacheReadInputTokens")
-    if cache_read is None:
-        cache_read = raw_cache_read
-    if cache_read is None:
-        cache_read = _detail(usage, "prompt_tokens_details", "cached_tokens")
-    cache_write = _int(usage, "cache_creation_tokens", "cache_write_tokens")
-    raw_cache_write = _int(usage, "cache_creation_input_tokens", "cacheWriteInputTokens")
-    if cache_write is None:
-        cache_write = raw_cache_write
-    reasoning = _int(usage, "reasoning_tokens", "thoughts_token_count")
-    if reasoning is None:
-        reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
-    prompt = _int(usage, "prompt_tokens", "prompt_token_count")
-    if prompt is None:
-        # Anthropic's `input_tokens` and Bedrock's `inputTokens` exclude cache reads and writes,
-        # unless crewai already added them (it then reports `cached_prompt_tokens`).
-        prompt = _int(usage, "input_tokens", "inputTokens")
-        exclusive = (raw_cache_read is not None or raw_cache_write is not None) and (
-            "cached_prompt_tokens" not in usage and "cache_creation_tokens" not in usage
-        )
-        if prompt is not None and exclusive:
-            prompt += (raw_cache_read or 0) + (raw_cache_write or 0)
-    completion = _int(usage, "completion_tokens", "output_tokens", "outputTokens")
-    if completion is None:
-        candidates = _int(usage, "candidates_token_count")
-        if candidates is not None:
-            completion = candidates + (reasoning or 0)  # Gemini counts thoughts apart from candidates
-    if prompt is None and completion is None:
-        return None
-    return Tokens(
-        input_tokens=prompt or 0,
-        output_tokens=completion or 0,
-        cache_read_tokens=cache_read or 0,
-        cache_write_tokens=cache_write or 0,
-        reasoning_tokens=reasoning or 0,
-        details=dict(raw_details(usage)) or None,
-    )
 
 
 def _text_ids(event: CrewEvent) -> CrewEvent:
@@ -169,15 +83,6 @@ def _text_ids(event: CrewEvent) -> CrewEvent:
     outer = None if event.outer is None else text(event.outer)
     item = None if event.item_id is None else text(event.item_id)
     return dataclasses.replace(event, key=key, outer=outer, item_id=item)
-
-
-def _label(value: str | None) -> str | None:
-    if type(value) is not str:
-        value = None if value is None else text(value)  # (a role that is not a string: its text)
-    if not value:
-        return None
-    value = " ".join(value.split())
-    return value if len(value) <= MAX_LABEL else value[: MAX_LABEL - 1] + "…"
 
 
 class _Kickoff:
@@ -384,7 +289,6 @@ class KickoffAssembler:
 
     def _apply(self, event: CrewEvent, kickoff: _Kickoff) -> None:
         kind, item = event.kind, event.item_id
-        session = kickoff.run.session if kickoff.run is not None else None
         if kind == LLM_STARTED:
             bounded = len(kickoff.open_calls) < MAX_IDS_PER_KICKOFF
             if item is not None and item not in kickoff.done and bounded:
@@ -396,18 +300,8 @@ class KickoffAssembler:
             kickoff.open_calls.discard(item)
             if len(kickoff.done) < MAX_IDS_PER_KICKOFF:
                 kickoff.done.add(item)
-        if session is None:
-            return
-        if kind == LLM_COMPLETED:
-            self.record_call(event, session)
-        elif kind in (LLM_FAILED, TASK_FAILED):
-            if event.streamed:  # cut mid-stream: a call whose usage never came, never a silent 0
-                self.record_call(event, session)
-            session.record_error()
-        elif kind in (TOOL_FINISHED, TOOL_FAILED):
-            session.record_tool_call()
-            if kind == TOOL_FAILED:
-                session.record_error()
+        if kickoff.run is not None:
+            record(event, kickoff.run.session)
 
     @staticmethod
     def _mark_end(event: CrewEvent, kickoff: _Kickoff) -> None:
@@ -417,24 +311,7 @@ class KickoffAssembler:
         if event.kind == KICKOFF_FAILED:
             kickoff.end_error = event.error or "kickoff failed"
 
-    @staticmethod
-    def record_call(event: CrewEvent, session: Any) -> None:
-        """Count a completed LLM call in `session` (once per call id)."""
-        tokens = tokens_from_usage(event.usage)
-        breakdown = {k: v for k, v in (("agent", _label(event.agent)), ("task", _label(event.task))) if v}
-        session.record_llm_call(
-            event.model or "unknown",
-            event.provider,
-            input_tokens=tokens.input_tokens if tokens else 0,
-            output_tokens=tokens.output_tokens if tokens else 0,
-            cache_read_tokens=tokens.cache_read_tokens if tokens else 0,
-            cache_write_tokens=tokens.cache_write_tokens if tokens else 0,
-            reasoning_tokens=tokens.reasoning_tokens if tokens else 0,
-            usage_missing=tokens is None,
-            call_id=event.item_id,
-            breakdown=breakdown or None,
-            **((tokens.details or {}) if tokens else {}),
-        )
+    record_call = staticmethod(record_call)  # count one completed LLM call in a session
 
     # -- closing ----------------------------------------------------------------------------------
     def _close(self, key: str, kickoff: _Kickoff, to_end: list[_Kickoff], remove: bool = True) -> None:
@@ -504,5 +381,3 @@ def _open_kickoffs() -> OpenRuns[str, _Kickoff]:
 def _limits() -> tuple[int, float]:
     # Read at every sweep (once per kickoff): the settings may change while the host runs.
     return MAX_OPEN_KICKOFFS, get_settings().max_run_age
-
-
