@@ -5,7 +5,8 @@ What is measured: a real `openai.OpenAI` client and real httpx, served in proces
 response id each time). Only the socket is gone: a round trip to a local server costs a few
 hundred microseconds and varies by more than the few microseconds a hook adds, so differences
 taken over a socket are mostly noise. Two variants still go over a real 127.0.0.1 socket (a
-keep-alive local server) as the end-to-end check; they are compared with each other only.
+keep-alive local server, TCP_NODELAY so no call waits out a delayed ACK) as the end-to-end check;
+they are compared with each other only.
 
 How: every variant runs in the same process, interleaved. Each round runs every variant once, in a
 freshly shuffled order, for `--calls` calls; a variant's added time in a round is its per-call
@@ -200,10 +201,15 @@ class Sink:
 
 
 def api_handler(body: Callable[[], bytes]) -> type[BaseHTTPRequestHandler]:
-    """A model API for a real socket: every request gets `body()` as JSON."""
+    """A model API for a real socket: every request gets `body()` as JSON.
+
+    TCP_NODELAY on the server's side: it writes the headers and the body separately, and with
+    Nagle's algorithm the body then waits for the client's delayed ACK, about 40 ms a call (idle
+    time, not the host's CPU, but it made a full run take over ten minutes)."""
 
     class API(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
