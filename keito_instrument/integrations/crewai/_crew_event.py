@@ -20,6 +20,8 @@ TOOL_FINISHED = "tool_finished"
 TOOL_FAILED = "tool_failed"
 TASK_FAILED = "task_failed"
 ENDING = frozenset({KICKOFF_COMPLETED, KICKOFF_FAILED})
+LLM_KINDS = frozenset({LLM_STARTED, LLM_COMPLETED, LLM_FAILED})
+TOOL_KINDS = frozenset({TOOL_FINISHED, TOOL_FAILED})
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ _log = logging.getLogger("keito_instrument")
 MAX_OPEN_KICKOFFS = 10_000  # beyond it the oldest kickoff is closed (billing what it spent)
 MAX_FINISHED_KEYS = 4_096  # remembered so late events of a finished kickoff are not a new kickoff
 MAX_IDS_PER_KICKOFF = 20_000
+_TEXT_OR_NONE = (str, type(None))  # (`str | None` in an isinstance builds a union at every call)
 
 
 def _text_ids(event: CrewEvent) -> CrewEvent:
@@ -161,8 +162,8 @@ class KickoffAssembler:
     def feed(self, event: CrewEvent) -> None:
         """Apply one event. Never raises."""
         with guard(f"crewai {event.kind}"):
-            if type(event.key) is not str or not isinstance(event.outer, str | None) \
-                    or not isinstance(event.item_id, str | None):
+            if type(event.key) is not str or not isinstance(event.outer, _TEXT_OR_NONE) \
+                    or not isinstance(event.item_id, _TEXT_OR_NONE):
                 event = _text_ids(event)
             self._feed(event)
 

@@ -196,7 +196,7 @@ class KeitoCrewListener:
         lite = False  # an `Agent.kickoff`, whose start handlers CrewAI does not wait for
         if kind == kinds.KICKOFF_STARTED:
             key: str | None = event.event_id
-        elif kind in (kinds.KICKOFF_COMPLETED, kinds.KICKOFF_FAILED):
+        elif kind in kinds.ENDING:
             key = event.started_event_id or getattr(source, "_kickoff_event_id", None)
             lite = type(event).__name__.startswith("LiteAgent")
         else:
@@ -222,15 +222,15 @@ class KeitoCrewListener:
         if lite:  # the settings its start event would have given (a crew's start is always first)
             role = getattr(event, "agent_role", None) or getattr(source, "role", None)
             base["options"] = self._agent_options(role)
-        if kind in (kinds.KICKOFF_COMPLETED, kinds.KICKOFF_FAILED):
+        if kind in kinds.ENDING:
             error = getattr(event, "error", None) if kind == kinds.KICKOFF_FAILED else None
             # CrewAI drains its bus right before `crew_kickoff_completed`; every other end may
             # overtake the handling of the kickoff's last events.
             settled = kind == kinds.KICKOFF_COMPLETED and type(event).__name__ == "CrewKickoffCompletedEvent"
             return CrewEvent(kind, key, error=_text(error), settled=settled, **base)
-        if kind in (kinds.LLM_STARTED, kinds.LLM_COMPLETED, kinds.LLM_FAILED):
+        if kind in kinds.LLM_KINDS:
             return self._llm_event(kind, key, source, event, base)
-        if kind in (kinds.TOOL_FINISHED, kinds.TOOL_FAILED):
+        if kind in kinds.TOOL_KINDS:
             return CrewEvent(kind, key, item_id=event.started_event_id or event.event_id, **base)
         return CrewEvent(kind, key, item_id=event.event_id, **base)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..._metadata import text
-from ._crew_event import LLM_COMPLETED, LLM_FAILED, TASK_FAILED, TOOL_FAILED, TOOL_FINISHED, CrewEvent
+from ._crew_event import LLM_COMPLETED, LLM_FAILED, TASK_FAILED, TOOL_FAILED, TOOL_KINDS, CrewEvent
 from ._tokens import tokens_from_usage
 
 MAX_LABEL = 60
+_FAILURES = frozenset({LLM_FAILED, TASK_FAILED})
 
 
 def record(event: CrewEvent, session: Any) -> None:
@@ -20,11 +21,11 @@ def record(event: CrewEvent, session: Any) -> None:
     kind = event.kind
     if kind == LLM_COMPLETED:
         record_call(event, session)
-    elif kind in (LLM_FAILED, TASK_FAILED):
+    elif kind in _FAILURES:
         if event.streamed:  # cut mid-stream: a call whose usage never came, never a silent 0
             record_call(event, session)
         session.record_error()
-    elif kind in (TOOL_FINISHED, TOOL_FAILED):
+    elif kind in TOOL_KINDS:
         session.record_tool_call()
         if kind == TOOL_FAILED:
             session.record_error()

@@ -22,6 +22,8 @@ def _int(usage: Mapping[str, Any], *names: str) -> int | None:
 
 def _detail(usage: Mapping[str, Any], parent: str, name: str) -> int | None:
     details = usage.get(parent)
+    if details is None:  # the common case, without the ABC check below
+        return None
     if isinstance(details, Mapping):
         return _int(details, name)
     value = getattr(details, name, None)
