@@ -216,6 +216,8 @@ def track_agent(
     propagate unchanged; the session counts the error and still bills what was spent.
     """
     opts = _options(**options)
+    with guard("warm-up"):
+        _pipeline.warm_up()  # (a background thread: the first call costs as the next)
 
     def decorate(func: F) -> F:
         flags = _code_flags(func)

@@ -1,13 +1,19 @@
 """The host side of billing: one durable append per counted event, and nothing else.
 
 Every event a session records (a run's start and end, an LLM call, tool calls and errors, an
-outcome, the session's end) is one JSON line, written with a single `write()` to this process's
-journal segment, opened with O_APPEND (lines of one instant, such as a run's end and the session's
-end, go in the same `write()`). Once `write()` returns the line is in the operating system's page
-cache: a SIGKILL of the process an instant later loses nothing (only an OS crash or
-power loss can, as with the ledger's own WAL mode). No lock is taken, nothing is priced, no
-record is built and no SQLite transaction runs on the host's thread; the billing worker
-(`_engine`) folds the journal into the ledger in the background.
+outcome, the session's end) is one JSON line appended to this process's journal segment (lines
+of one instant, such as a run's end and the session's end, in one append). A segment is a file
+of `SEGMENT_BYTES` zeros written up front and mapped into memory (`mmap`, shared): an append is
+a copy into the page cache under a lock, with no system call, so it never gives up the GIL (a
+host thread that gives it up while the billing or delivery thread wants it may wait milliseconds
+to get it back). Once the copy is done the line is in the operating system's page cache, like a
+`write()`'s: a SIGKILL of the process an instant later loses nothing (only an OS crash or power
+loss can, as with the ledger's own WAL mode). Readers stop at the first zero byte: a JSON line
+never holds one, so a line still being copied (or cut short by a kill) is never read as an event.
+Where a segment cannot be mapped, it is a plain file opened with O_APPEND and each append is one
+`write()`. No lock is held across I/O, nothing is priced, no record is built and no SQLite
+transaction runs on the host's thread; the billing worker (`_engine`) folds the journal into the
+ledger in the background, and starts the next segment there before this one fills.
 
 Layout, beside the ledger: `<ledger>.journal/<owner>.lock` (held with flock for the life of the
 process, so another process can tell a live owner from a dead one) and
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import threading
 import time
@@ -31,6 +38,10 @@ from typing import Any
 _log = logging.getLogger("keito_instrument")
 
 MAX_MEMORY_LINES = 100_000
+SEGMENT_BYTES = 1 << 20  # the size of a mapped segment (zeros written up front: ~0.3 ms, once)
+MAPPED = os.environ.get("KEITO_JOURNAL_MMAP", "1") != "0"  # (0: plain write() segments)
+ROTATE_BYTES = 4 * 1024 * 1024  # a plain segment's size past which the worker starts the next one
+_ZEROS = bytes(64 * 1024)
 TORN_END = b"!\n"  # ends a line a full disk cut short: never valid JSON, so never an event
 WAKE = threading.Event()  # set when a session ends: the billing worker folds at once
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
@@ -55,6 +66,10 @@ class Journal:
         self.owner = new_owner()
         self.seq = 0
         self.fd = -1
+        self.mapped = MAPPED
+        self.mm: mmap.mmap | None = None  # the current segment's mapping (None: a plain segment)
+        self.pos = 0  # bytes appended to the mapped segment
+        self._put_lock = threading.Lock()  # held for one copy into the mapping: never across I/O
         self._lock_fd = -1
         self._open_lock = threading.Lock()
         self.memory: deque[bytes] = deque()
@@ -69,7 +84,7 @@ class Journal:
         """The path of one of this owner's segments."""
         return os.path.join(self.dir, f"{self.owner}.{seq:06d}.jsonl")
 
-    def _open(self) -> int:
+    def _open(self, room: int = 0) -> int:
         with self._open_lock:
             if self.fd >= 0 or self.failed:
                 return self.fd
@@ -78,6 +93,14 @@ class Journal:
                 if self._lock_fd < 0:
                     self._lock_fd = _hold_lock(os.path.join(self.dir, f"{self.owner}.lock"))
                 self.seq += 1
+                if self.mapped:
+                    fd, mm = _mapped_segment(self.segment_path(self.seq), max(SEGMENT_BYTES, room))
+                    if mm is not None:
+                        with self._put_lock:
+                            self.mm, self.pos = mm, 0
+                        self.fd = fd
+                        return fd
+                    self.seq += 1  # (a fresh name: never append after a failed segment's zeros)
                 self.fd = os.open(self.segment_path(self.seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             except OSError as exc:
                 self.failed = True
@@ -85,29 +108,77 @@ class Journal:
                            "from memory and are not crash-safe", self.dir, exc)
             return self.fd
 
-    def rotate(self) -> int:
-        """Start a new segment (the billing worker does this once the current one is folded).
-        Returns the sequence number of the segment that was current."""
+    def rotate(self, room: int = 0) -> int:
+        """Start a new segment (the billing worker does this once the current one is folded, and a
+        host thread when a mapped segment is full). Returns the sequence number of the segment
+        that was current."""
         with self._open_lock:
             old, self.fd = self.fd, -1
             previous = self.seq
-        self._open()
+            with self._put_lock:  # no copy into the old mapping can start after this
+                old_mm, self.mm = self.mm, None
+        self._open(room)
+        if old_mm is not None:
+            with contextlib.suppress(Exception):
+                old_mm.close()
         if old >= 0:
             # A host thread that read the old descriptor just before the swap may still be
             # writing to it; the worker folds old segments again before deleting them.
             _close_later(old)
         return previous
 
+    def should_rotate(self) -> bool:
+        """Whether the current segment is big enough for the worker to start the next one (once
+        it has folded this one): a mapped one half full, a plain one past `ROTATE_BYTES`."""
+        mm = self.mm
+        if mm is not None:
+            return self.pos > len(mm) // 2
+        try:
+            return self.fd >= 0 and os.fstat(self.fd).st_size > ROTATE_BYTES
+        except OSError:
+            return False
+
     # -- the hot path ----------------------------------------------------------------------------
     def append(self, event: list[Any], wake: bool = False) -> None:
-        """Write one event durably (one `write()`); never raises."""
+        """Write one event durably (one append); never raises."""
         self.append_line((_dumps(event) + "\n").encode("utf-8", "replace"), wake)
 
     def append_line(self, data: bytes, wake: bool = False) -> None:
         """Write already encoded event lines (each ending in a newline) durably, all in one
-        `write()`; never raises."""
-        fd = self.fd if self.fd >= 0 else self._open()
-        if fd >= 0:
+        append; never raises."""
+        if not self._put(data):
+            self._append_slow(data)
+        if wake and not self.wake.is_set():  # (set() takes a lock and notifies)
+            self.wake.set()
+
+    def _put(self, data: bytes) -> bool:
+        # The copy into the mapped segment: all of `data` or nothing.
+        with self._put_lock:
+            mm = self.mm
+            if mm is None:
+                return False
+            pos = self.pos
+            end = pos + len(data)
+            if end > len(mm):
+                return False
+            try:
+                mm[pos:end] = data
+            except Exception:  # (a mapping that went bad: the slow path takes over)
+                return False
+            self.pos = end
+            return True
+
+    def _append_slow(self, data: bytes) -> None:
+        # No mapped segment with room: start one (the first append, or a full segment), else
+        # write() to a plain segment, else keep the lines in memory.
+        if self.mm is not None:
+            self.rotate(len(data))
+        elif self.fd < 0:
+            self._open(len(data))
+        if self._put(data):
+            return
+        fd = self.fd
+        if fd >= 0 and self.mm is None:
             try:
                 # A full disk may cut a write short; the next write first ends the cut line with
                 # a mark that no parser reads as an event (the lines not wholly written are kept
@@ -116,8 +187,6 @@ class Journal:
                 written = os.write(fd, out)
                 if written == len(out):
                     self.torn = False
-                    if wake and not self.wake.is_set():  # (set() takes a lock and notifies)
-                        self.wake.set()
                     return
                 self.torn = True
                 done = written - (len(out) - len(data))  # bytes of `data` itself written
@@ -127,8 +196,6 @@ class Journal:
             except OSError as exc:
                 self._write_failed(exc)
         self._keep_in_memory(data)
-        if wake:
-            self.wake.set()
 
     def _write_failed(self, exc: OSError) -> None:
         if not self._warned:
@@ -147,6 +214,11 @@ class Journal:
     def close(self) -> None:
         """Close the segment and release the owner lock (the process is done with this ledger)."""
         with self._open_lock:
+            with self._put_lock:
+                mm, self.mm = self.mm, None
+            if mm is not None:
+                with contextlib.suppress(Exception):
+                    mm.close()
             for fd in (self.fd, self._lock_fd):
                 if fd >= 0:
                     with contextlib.suppress(OSError):
@@ -155,12 +227,35 @@ class Journal:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's descriptors without touching the parent's files."""
+        if self.mm is not None:
+            with contextlib.suppress(Exception):
+                self.mm.close()  # (this process's view only: the parent's mapping and file stay)
         for fd in (self.fd, self._lock_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)  # the parent's flock stays: it is held by the parent's open file
         self.__init__(self.ledger_path)  # type: ignore[misc]
         self.wake = WAKE  # (the child's, set up by the fork hook)
+
+
+def _mapped_segment(path: str, size: int) -> tuple[int, mmap.mmap | None]:
+    """A new segment of `size` zero bytes, mapped; (-1, None) when it cannot be. The zeros are
+    written (not a sparse file, not fallocate): the disk space is taken now, where a full disk is
+    an error here rather than a SIGBUS in a later copy, and the pages are in the page cache."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return -1, None
+    try:
+        done = 0
+        while done < size:
+            done += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), size - done)], done)
+        return fd, mmap.mmap(fd, size)
+    except (OSError, ValueError, OverflowError):
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return -1, None
 
 
 def _hold_lock(path: str) -> int:

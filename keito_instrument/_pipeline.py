@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _forksafe  # noqa: F401  (its fork hook must exist before any thread starts)
-from ._config import get_settings
+from ._config import Settings, get_settings, on_change
 from ._guard import guard
 from ._registry import Registry, make_registry
 from ._session import Session, SessionOptions, SessionSnapshot
@@ -127,8 +127,11 @@ def remove_record_listener(listener: Callable[[Built], None]) -> None:
 
 
 def warm_up() -> None:
-    """Once per process, load the price data and prepare the spool on a short-lived thread, so
-    the first session end does not pay for them on the host's thread."""
+    """Once per process, on a short-lived thread: load the journal, the billing code and the price
+    data, and start the billing thread, so that the first session costs the host's thread no more
+    than the next. Called where a user sets us up (`configure()`, decorating a function, creating a
+    handler, `instrument()`) and when the first session opens. Nothing is written on disk: the
+    ledger's path may still be configured after it."""
     global _warmed
     if _warmed:  # the common case: no lock at all
         return
@@ -154,6 +157,16 @@ def warm_up() -> None:
         raise
 
 
+def _configured(settings: Settings) -> None:
+    # configure() is where most users set us up: the warm-up starts there (unless disabled).
+    if not settings.disabled:
+        with guard("warm-up"):
+            warm_up()
+
+
+on_change(_configured)
+
+
 def _import_httpx2_first() -> None:
     # genai-prices imports httpx2. openai 2.x looks httpx2 up in sys.modules on every request and
     # uses it if present: a request made on another thread while our warm-up is still executing
@@ -170,22 +183,19 @@ def _import_httpx2_first() -> None:
 
 def _warm_up_imports() -> None:
     with guard("warm-up"):
-        import contextlib
-        import sqlite3
+        # What a session's host thread needs first (the journal, the billing thread's module and
+        # the default ledger path), then the price data (about 0.1 s), pricing, record building
+        # and the ledger for the billing thread, which starts idle: it folds once a session ends.
+        import importlib
 
-        import genai_prices  # noqa: F401  (about 0.1 s, once)
-
+        for name in ("._journal", "._engine", "platformdirs", "genai_prices", "._engine.fold"):
+            importlib.import_module(name, __package__)
         from . import _engine
-        from ._engine import fold  # noqa: F401  (pricing, record building, the ledger)
-        from ._spool import get_spool
 
-        settings = get_settings()
-        with contextlib.suppress(OSError, sqlite3.Error):  # an unusable ledger: the billing thread reports it
-            get_spool(ledger_path()).connect()
         _engine.ensure_started()
-        if settings.has_credentials:
-            # httpx and asyncio (about 0.1 s), which the first session end would otherwise
-            # import on the host's thread when it starts the exporter.
+        if get_settings().has_credentials:
+            # httpx and asyncio (about 0.1 s), which the billing thread's first wake of the
+            # exporter would otherwise import.
             from ._export import worker  # noqa: F401
 
 

@@ -8,6 +8,7 @@ a framework-native id passed by the adapter > a new UUID4.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import weakref
@@ -30,9 +31,25 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 _OPEN, _END = guard("session open"), guard("session end")  # (a guard holds only its name: shared)
 
 
+# Session ids come from a generator seeded from os.urandom, reseeded in every forked child:
+# os.urandom itself releases the GIL on every call, and a host thread that gives the GIL up while
+# the billing or delivery thread wants it may wait milliseconds to get it back. 128 bits from a
+# seeded Mersenne Twister per process are as unique as uuid4 needs (never a secret: ids are not
+# credentials); an own instance, because a user's `random.seed(42)` must not make them repeat.
+_rng = random.Random(os.urandom(32))
+
+
+def _reseed_in_child() -> None:
+    _rng.seed(os.urandom(32))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_in_child)
+
+
 def new_session_id() -> str:
     """A fresh random session id: a UUID4's text, as `str(uuid.uuid4())` writes it (at half its cost)."""
-    h = os.urandom(16).hex()
+    h = f"{_rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 

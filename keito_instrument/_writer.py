@@ -200,6 +200,8 @@ def _ends_on_disk(journal: Journal, trouble: Trouble) -> int:
                 data = fh.read(MAX_SCAN)
         except OSError:
             data = b""
+        zero = data.find(b"\0")  # (a mapped segment's unwritten rest)
+        data = data if zero < 0 else data[:zero]
         complete = data[: data.rfind(b"\n") + 1]
         ends += sum(1 for line in complete.splitlines() if line.startswith(_END))
         trouble.scanned[name] = (pos + len(complete), ends)

@@ -32,7 +32,6 @@ _log = logging.getLogger("keito_instrument")
 TICK = 1.0  # seconds between folds when nothing wakes the worker
 BATCH_DELAY = 0.05  # seconds a wake-up waits for more session ends before folding
 RECOVER_EVERY = 5.0  # seconds between looks for journals left by processes that are gone
-ROTATE_BYTES = 4 * 1024 * 1024
 _lock = threading.RLock()  # one fold at a time in this process
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
@@ -171,12 +170,8 @@ def _compact_own(journal: Journal, segs: list[tuple[int, str]], complete: dict[s
                     os.unlink(path)
             except OSError:
                 pass
-        elif seq == journal.seq and complete.get(name):
-            try:
-                if os.path.getsize(path) > ROTATE_BYTES:
-                    journal.rotate()
-            except OSError:
-                pass
+        elif seq == journal.seq and complete.get(name) and journal.should_rotate():
+            journal.rotate()  # (here, so that a host thread rarely starts a segment itself)
 
 
 def fold_ledger(ledger_path: str, include_live: bool = True, skip_owner: str | None = None) -> int:

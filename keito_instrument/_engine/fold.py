@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -89,17 +88,21 @@ class _Batch:
             self.named_end = True
 
 
-def _read_lines(path: str, offset: int) -> tuple[list[bytes], int]:
+def _read_lines(path: str, offset: int) -> tuple[list[bytes], int, bool]:
+    """The whole lines of a segment from `offset`, the offset after them, and whether they are
+    all that is there (bytes after them: a line still being written, or cut short)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read(MAX_READ)
+            at_eof = len(data) < MAX_READ
     except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset  # nothing complete yet (a line is being written)
-    return data[: end + 1].splitlines(), offset + end + 1
+        return [], offset, True
+    zero = data.find(b"\0")
+    if zero >= 0:  # a mapped segment's unwritten rest (no JSON line holds a zero byte)
+        data, at_eof = data[:zero], True
+    end = data.rfind(b"\n") + 1
+    return data[:end].splitlines(), offset + end, at_eof and end == len(data)
 
 
 def _parse(line: bytes) -> list[Any] | None:
@@ -139,14 +142,14 @@ def fold(
     with spool.transaction() as conn:
         batch = _Batch(conn, settings)
         offsets: dict[str, int] = {}
-        events = sum(_fold_segment(conn, batch, seg, offsets, complete) for seg in segments)
+        events = sum(_fold_segment(conn, batch, seg, offsets, complete, alive) for seg in segments)
         for owner, line in _unfolded(conn, memory or [], memory_key, offsets):
             event = _parse(line)
             if event is not None:
                 batch.apply(event, owner)
                 events += 1
         if batch.named_end and others is not None:
-            events += sum(_fold_segment(conn, batch, seg, offsets, complete)
+            events += sum(_fold_segment(conn, batch, seg, offsets, complete, alive)
                           for seg in others() if seg.name not in complete)
         if sweep:
             _load_due(conn, batch, now)
@@ -191,10 +194,10 @@ def _unfolded(conn: sqlite3.Connection, memory: list[tuple[str, bytes]], key: tu
 
 
 def _fold_segment(conn: sqlite3.Connection, batch: _Batch, seg: Segment, offsets: dict[str, int],
-                  complete: dict[str, bool]) -> int:
+                  complete: dict[str, bool], alive: Callable[[str], bool] | None = None) -> int:
     row = conn.execute("SELECT offset FROM journal_offsets WHERE segment = ?", (seg.name,)).fetchone()
     start = int(row[0]) if row else 0
-    lines, new_offset = _read_lines(seg.path, start)
+    lines, new_offset, at_end = _read_lines(seg.path, start)
     events = 0
     for line in lines:
         event = _parse(line)
@@ -203,11 +206,22 @@ def _fold_segment(conn: sqlite3.Connection, batch: _Batch, seg: Segment, offsets
             events += 1
     if new_offset != start:
         offsets[seg.name] = new_offset
-    try:
-        complete[seg.name] = new_offset >= os.path.getsize(seg.path)
-    except OSError:
-        complete[seg.name] = True
+    # Folded to its end; for a process that is gone, a cut last line (killed while copying it,
+    # before the hook returned: never promised) does not keep the segment.
+    complete[seg.name] = at_end or (alive is not None and not alive(seg.owner) and _only_a_cut_line(seg.path,
+                                                                                                    new_offset))
     return events
+
+
+def _only_a_cut_line(path: str, offset: int) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            rest = fh.read(MAX_READ)
+    except OSError:
+        return True
+    zero = rest.find(b"\0")
+    return b"\n" not in (rest if zero < 0 else rest[:zero])
 
 
 def _load_due(conn: sqlite3.Connection, batch: _Batch, now: float) -> None:

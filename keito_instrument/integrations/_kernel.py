@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._api import current_session
-from .._guard import report
+from .._guard import guard, report
 from .._provider_usage import usage_kwargs
 from ._runs import Recent
 
@@ -47,11 +47,21 @@ def check_options(where: str, options: Mapping[str, Any], allowed: frozenset[str
     """Raise `TypeError` naming an option `where` does not take (a typo would otherwise bill nothing)."""
     unknown = sorted(set(options) - allowed)
     if not unknown:
+        prepare()
         return
     name = unknown[0]
     close = difflib.get_close_matches(name, sorted(allowed), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(sorted(allowed))}"
     raise TypeError(f"{where} got an unexpected option {name!r}{hint}")
+
+
+def prepare() -> None:
+    """Start loading the billing code on a background thread, where a user sets an adapter up
+    (a handler created, `instrument()` called), so the first session costs no more than the next."""
+    from .. import _pipeline
+
+    with guard("warm-up"):
+        _pipeline.warm_up()
 
 
 def require_version(framework: str, distribution: str, minimum: tuple[int, ...], extra: str) -> None:
@@ -100,6 +110,7 @@ class Switch:
         """Install (once; later calls go to `update`) and return the handle."""
         with self._lock:
             if self.handle is None:
+                prepare()
                 self.handle = self._install(*args, **kwargs)
                 if self._client_hook:
                     CLIENT_HOOKS.add(id(self))
