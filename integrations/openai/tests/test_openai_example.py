@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from genai_prices import Usage, calc_price
 
 from keito_instrument._spool import Spool
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.test_examples import LEDGER, run_example
 
 
 def test_example_runs_and_bills_two_agent_sessions(tmp_path: Path) -> None:
-    ledger_path = tmp_path / "example.sqlite3"
-    env = {**os.environ, "KEITO_LEDGER": str(ledger_path)}
-    for var in ("KEITO_API_KEY", "KEITO_ACCOUNT_ID", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(var, None)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "openai_client.py")],
-        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "4 model calls made" in result.stdout
-    assert "support-agent" in result.stdout and "TOTAL" in result.stdout
+    out = run_example("openai_client.py", tmp_path, unset=("OPENAI_API_KEY", "OPENAI_BASE_URL"))
+    assert "4 model calls made" in out
+    assert "support-agent" in out and "TOTAL" in out
 
-    spool = Spool(ledger_path)
+    spool = Spool(tmp_path / LEDGER)
     try:
         rows = spool.sessions()
         assert len(rows) == 2

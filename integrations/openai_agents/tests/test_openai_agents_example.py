@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from keito_instrument._spool import Spool
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.test_examples import LEDGER, run_example
 
 
 def test_example_runs_offline_and_bills_one_conversation(tmp_path: Path) -> None:
-    ledger_path = tmp_path / "example.sqlite3"
-    env = {**os.environ, "KEITO_LEDGER": str(ledger_path), "OPENAI_AGENTS_DISABLE_TRACING": "false"}
-    for var in ("KEITO_API_KEY", "KEITO_ACCOUNT_ID", "OPENAI_API_KEY"):
-        env.pop(var, None)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "openai_agents_run.py")],
-        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "agent answered: 2 + 3 = 5." in result.stdout
-    assert "gpt-4o-mini" in result.stdout and "TOTAL" in result.stdout
+    out = run_example("openai_agents_run.py", tmp_path, unset=("OPENAI_API_KEY",),
+                      OPENAI_AGENTS_DISABLE_TRACING="false")
+    assert "agent answered: 2 + 3 = 5." in out
+    assert "gpt-4o-mini" in out and "TOTAL" in out
 
-    spool = Spool(ledger_path)
+    spool = Spool(tmp_path / LEDGER)
     try:
         [row] = spool.sessions()
         assert (row["session_id"], row["framework"], row["agent_id"]) == ("math-chat", "openai-agents", "math-agent")
