@@ -94,8 +94,29 @@ def end_run(run: Run | None, error: BaseException | None = None, *, ended_at: fl
     if run is None:
         return
     if error is not None:
-        run.session.record_error()
+        count_error(run.session, error)
     _pipeline.registry.end_run(run, ended_at)
+
+
+# The attribute `count_error` sets on an exception: the session it was counted in, as its
+# (session_id, ident) pair (picklable, unlike the session itself, and keeping nothing alive).
+_COUNTED_IN = "_keito_counted_in"
+
+
+def count_error(session: Session, error: BaseException | None = None) -> bool:
+    """Count an error in `session`, an exception once: `error` counted there already (by a
+    client hook that saw a call fail, then again as it propagates out of `@track_agent`, a
+    nested run or a framework hook) is not counted again. Returns whether it was counted."""
+    if error is not None:
+        mark = (session.session_id, session.ident)
+        try:
+            if getattr(error, _COUNTED_IN, None) == mark:
+                return False
+            setattr(error, _COUNTED_IN, mark)
+        except Exception:  # (a type refusing attributes: counted wherever it is seen)
+            pass
+    session.record_error()
+    return True
 
 
 @guarded("end_session", default=False)
@@ -162,7 +183,7 @@ class _Scope:
         if run is not None:
             try:
                 if exc is not None and isinstance(exc, Exception):
-                    run.session.record_error()
+                    count_error(run.session, exc)
                 _pipeline.registry.end_run(run)
             except Exception as error:
                 report("session end", error)

@@ -15,7 +15,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
-from .._api import current_session
+from .._api import count_error, current_session
 from .._guard import guard, report
 from .._provider_usage import usage_kwargs
 from ._runs import Recent
@@ -271,6 +271,18 @@ def record_provider_call(
     from .. import record_llm_call
 
     return bool(record_llm_call(model or "unknown", provider, call_id=response_id, **kwargs))
+
+
+def record_call_error(error: BaseException) -> None:
+    """A client call raised (an HTTP error, a timeout, the SDK's parsing of the answer): count
+    the error once (see `count_error`: not again as it propagates out of `@track_agent`, a
+    LangChain step or `end_run`) into the session of the framework run marked here, else the
+    current session; outside both, nothing (an error alone opens no session). Client hooks skip
+    a call a framework adapter records (`in_framework_call`): the adapter counts its error."""
+    run = in_framework_run()
+    session = run.session if run is not None else current_session()
+    if session is not None:
+        count_error(session, error)
 
 
 # -- streams watched in place ---------------------------------------------------------------------

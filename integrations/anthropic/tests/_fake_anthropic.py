@@ -14,7 +14,8 @@ cumulative totals and the start shows less input than the end (server tools add 
 run); without, the delta carries only the output count. Modes (the server's `mode`, or a
 request's `x-fake-mode` header): "ok"; "cut" (the connection is dropped mid-body after some
 text); "truncated" (the body ends cleanly before `message_delta`); "error-event" (an SSE
-`error` event after some text); "status" (an HTTP error before any output, `error_status`).
+`error` event after some text); "status" (an HTTP error before any output, `error_status`,
+with `retry-after-ms: 1`: a client with retries retries at once).
 
 `billed` holds the final usage of every response the server completed, `cut` the ids of those
 it cut; `totals()` sums the billed usage in keito's convention (input includes the cache).
@@ -157,6 +158,8 @@ def _handler(server: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("request-id", "req_fake")
+            if status >= 400:
+                self.send_header("retry-after-ms", "1")  # (a client that retries does so at once)
             self.end_headers()
             self.wfile.write(data)
 

@@ -11,7 +11,8 @@ Real `openai` clients are pointed at it with `base_url`. It answers as the OpenA
 
 The response names a dated model (`gpt-4o-mini` -> `gpt-4o-mini-2024-07-18`), as the API does.
 `cut` streams stop after their first chunk with the connection dropped mid-body; `fail` answers
-the next requests with that HTTP status and an OpenAI error body. Every request body is kept in
+the next requests with that HTTP status, an OpenAI error body and `retry-after-ms: 1` (a client
+with retries retries at once). Every request body is kept in
 `requests`, and `served` tallies the usage the server reported, the oracle a bill is checked
 against.
 """
@@ -185,6 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-request-id", "req_fake")
+        if status >= 400:
+            self.send_header("retry-after-ms", "1")  # (a client that retries does so at once)
         self.end_headers()
         self.wfile.write(data)
 

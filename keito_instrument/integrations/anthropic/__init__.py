@@ -18,7 +18,8 @@ cache reads + cache writes, with the reads, the writes and their 1-hour part rec
 Streams are counted at `message_stop`, from `message_start` and the cumulative `message_delta`
 counts; a stream cut after output began, closed early or dropped (read or not) is counted with
 `usage_missing` (cost unknown, never a silent zero); a call that fails before any output is not
-a call. Inside `@track_agent` or
+a call. A call that raises is one error of its session, counted once (not again as the same
+exception leaves `@track_agent`). Inside `@track_agent` or
 `keito.session()` a call bills to that session (a stream to the session open when it started);
 outside any, on its own, as `keito.record_llm_call` does. A call a framework adapter records
 itself (it marks the context, see `_kernel.framework_call`) is left to it, and a response id

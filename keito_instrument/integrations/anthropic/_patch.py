@@ -3,7 +3,7 @@
 Patching the classes (not client instances) covers every client, sync or async, made before or
 after `instrument()`, and `AnthropicBedrock` / `AnthropicVertex` too (they share the resources).
 Each wrapper calls the SDK's own method with the same arguments and returns its result object
-itself; it never catches the SDK's exceptions. The wrapper's own work (reading the usage,
+itself; an exception of the SDK's is re-raised unchanged. The wrapper's own work (reading the usage,
 recording) runs under `guard`, so it never raises into the host.
 
 `.with_raw_response` and `.with_streaming_response` go through the same wrappers: they wrap the
@@ -11,9 +11,11 @@ resource's `create` / `parse` as bound when a client first builds them (ours, on
 and the SDK's method then returns its raw response object instead of a Message or a stream, the
 only layer that sees the call; `_after_raw` counts it.
 
-A call that raises after the API answered (`parse()` whose structured output does not validate,
-a body the SDK cannot read as a Message) was billed by Anthropic: `_after_error` counts it from
-the body the SDK read, then lets the same exception through.
+A call that raises is an error of the session it runs in (`_kernel.record_call_error`: counted
+once, not again as the same exception leaves `@track_agent`). One that raises after the API
+answered (`parse()` whose structured output does not validate, a body the SDK cannot read as a
+Message) was billed by Anthropic too: `_after_error` counts the call from the body the SDK read.
+Either way the same exception goes through.
 """
 
 from __future__ import annotations
@@ -182,10 +184,15 @@ def _after_exit(manager: Any) -> None:
         call.end()  # (a no-op when the stream was read to its end)
 
 
-def _on_error(exc: Exception, kwargs: dict[str, Any]) -> None:
+def _on_error(exc: Exception, kwargs: dict[str, Any] | None) -> None:
+    # A wrapped call raised (`kwargs` None: a stream helper's entry): billed if the API answered,
+    # and an error of the session, counted once (`_kernel.record_call_error`).
     if _active and _kernel.in_framework_call() is None:
+        if kwargs is not None:
+            with _G_ERROR:
+                _after_error(exc, kwargs)
         with _G_ERROR:
-            _after_error(exc, kwargs)
+            _kernel.record_call_error(exc)
 
 
 def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
@@ -227,7 +234,11 @@ def _wrap_manager(original: Callable[..., Any], kind: str) -> Callable[..., Any]
     if kind == "enter":
         @functools.wraps(original)
         def enter(self: Any) -> Any:
-            stream = original(self)
+            try:
+                stream = original(self)
+            except Exception as exc:
+                _on_error(exc, None)
+                raise
             if _active:
                 with _G_CALL:
                     _after_enter(self, stream, False)
@@ -236,7 +247,11 @@ def _wrap_manager(original: Callable[..., Any], kind: str) -> Callable[..., Any]
     if kind == "aenter":
         @functools.wraps(original)
         async def aenter(self: Any) -> Any:
-            stream = await original(self)
+            try:
+                stream = await original(self)
+            except Exception as exc:
+                _on_error(exc, None)
+                raise
             if _active:
                 with _G_CALL:
                     _after_enter(self, stream, True)

@@ -30,6 +30,7 @@ from uuid import UUID
 from keito_instrument import get_settings
 from keito_instrument.adapters import Run, Session, begin_run, current_session, end_run, guard, missing_extra
 
+from ..._api import count_error
 from .._kernel import (
     CLIENT_HOOKS,
     SESSION_OPTIONS,
@@ -206,7 +207,7 @@ class KeitoCallbackHandler(BaseCallbackHandler):
         _nodes.pop(key, None)
         if error is not None and error is not root.last_error and not not_a_failure(error):
             root.last_error = error  # one exception bubbling through its ancestors counts once
-            root.session.record_error()
+            count_error(root.session, error)
         if root.key == key:
             _end_root(root)
         elif type(entry) is Nested:

@@ -12,6 +12,8 @@ keito session (`@track_agent`, `keito.session()`) or on its own as `keito.record
 input with cache reads included, cache reads from `cached_tokens`, output with reasoning
 included, the model the response names. A stream without usage (no
 `stream_options={"include_usage": True}`) is counted with `usage_missing`, never as zero.
+A call that raises is one error of its session, counted once (not again as the same exception
+leaves `@track_agent`); outside any session it records nothing.
 
 A framework adapter that records the call itself (LangChain's `KeitoCallbackHandler`) marks the
 context while the call runs; the client hook then leaves the call to it, so one call is billed

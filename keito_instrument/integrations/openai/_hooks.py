@@ -5,7 +5,9 @@ what it returned (the same object) or lets exactly its exception through; only t
 guard, it counts the call from the result: a response object's own usage, model and id; a
 stream's usage from its final chunk (see `_streams`); a raw response (`with_raw_response`) parsed
 as the caller's `.parse()` will be (openai caches the parsed object, so both get the same one).
-Nothing is recorded while a framework adapter (LangChain's handler) records the call itself.
+A call that raises is an error of the session it runs in (`_kernel.record_call_error`: counted
+once, not again as the same exception leaves `@track_agent`). Nothing is recorded while a
+framework adapter (LangChain's handler) records the call itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from ..._api import current_session
 from ..._guard import guard
-from .._kernel import in_framework_call, record_provider_call
+from .._kernel import in_framework_call, record_call_error, record_provider_call
 from ._streams import Seer, Watch, watch_stream
 
 _G_CALL = guard("openai call")
@@ -128,8 +130,13 @@ def _on_result(client: Any, method: Method, kwargs: dict[str, Any], result: Any)
 
 
 def _on_error(client: Any, method: Method, kwargs: dict[str, Any], exc: Exception) -> None:
+    # A call that raised: billed if the error carries the completion, and an error of the session.
     if method.live.on and in_framework_call() is None:
         failed(client, method, kwargs, exc)
+        try:
+            record_call_error(exc)
+        except Exception as inner:
+            _swallow(_G_ERROR, inner)
 
 
 def sync_wrapper(original: Callable[..., Any], method: Method) -> Callable[..., Any]:
