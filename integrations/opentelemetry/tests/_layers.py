@@ -43,10 +43,11 @@ def served(server: Any) -> tuple[int, int, int]:
             sum(u["completion_tokens"] for u in server.served))
 
 
-def chat(server: Any) -> Any:
+def chat(server: Any, **options: Any) -> Any:
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, timeout=10)
+    return ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, timeout=10,
+                      **options)
 
 
 class ToTheTest(SpanProcessor):  # type: ignore[misc]

@@ -22,6 +22,17 @@ from _layers import ToTheTest
 from _otel_fakes import Otel, make_otel
 
 
+@pytest.fixture(autouse=True)
+def _no_pending_pairs() -> Iterator[None]:
+    """Calls noted for pairing by one test are not the next test's (they could not pair anyway:
+    their intervals are over, but a test reading the table must see only its own)."""
+    from keito_instrument.integrations.otel._pairing import pending
+
+    pending.clear()
+    yield
+    pending.clear()
+
+
 @pytest.fixture
 def otel() -> Iterator[Otel]:
     """A real TracerProvider with KeitoSpanProcessor(agent_id="otel-agent")."""

@@ -25,11 +25,14 @@ span whose parent is marked, are the adapter's: the trace bills none of their ti
 errors. A model-call span under a call mark is the adapter's call; under a run mark only, it is a
 call the adapter never sees (a client called directly inside a chain step), billed once into the
 adapter's session. Otherwise a call is identified by the provider's response id, shared with our
-client hooks through the kernel's `seen`: the first layer to claim it counts it. A trace whose
-calls were all billed by another layer bills nothing more.
+client hooks through the kernel's `seen`: the first layer to claim it counts it. When one of two
+instrumentation libraries' spans of a call has no id (a streamed LangChain call under
+OpenInference), the two pair by usage, model and time (`_pairing`): again the first to end counts
+it. A trace whose calls were all billed by another layer bills nothing more.
 
 Modules: `_processor` (the SpanProcessor hooks), `_table` (open traces and their sessions),
-`_counting` (which layer bills a call), `_trace` (one trace's record), `_attrs` (span attributes).
+`_counting` (which layer bills a call), `_pairing` (one call's spans from two libraries without a
+shared id), `_trace` (one trace's record), `_attrs` (span attributes).
 """
 
 from __future__ import annotations

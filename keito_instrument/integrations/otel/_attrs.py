@@ -358,6 +358,12 @@ def response_id(attributes: Mapping[str, Any]) -> str | None:
     return None
 
 
+def model_names(attributes: Mapping[str, Any]) -> frozenset[str]:
+    """Every model name the span gives (request and response model, OpenInference's name): two
+    libraries reporting one call may name it differently (`gpt-4o-mini`, `gpt-4o-mini-2024-07-18`)."""
+    return frozenset(name for key in MODEL_KEYS if (name := _text(attributes.get(key))) is not None)
+
+
 def call_kwargs(attributes: Mapping[str, Any], span_id: int) -> dict[str, Any]:
     """The arguments of `record_llm_call` for a model-call span (its span id is the call id)."""
     fields = _usage_fields(attributes)

@@ -2,8 +2,9 @@
 
 A span inside a framework adapter's call or run is the adapter's (`framework_span`); a model call
 whose subtree already held a counted call is a wrapper, not a call (`count`); any other call is
-claimed by the provider's response id, shared with our client hooks through the kernel's `seen`,
-and the first layer to claim it counts it.
+claimed (`claim`) by the provider's response id, shared with our client hooks through the
+kernel's `seen`, and, when one of two libraries' spans of the call has no id, by its usage
+(`_pairing`): the first layer to claim a call counts it.
 """
 
 from __future__ import annotations
@@ -20,13 +21,33 @@ from ... import adapters as _api
 from .. import _kernel
 from .._kernel import RunMark
 from . import _attrs as attrs
+from ._pairing import Call, Key, pending
 from ._table import TraceTable
 from ._trace import Trace
 
 
-def claim(values: Mapping[str, Any]) -> bool:
-    """Whether this layer counts the call: False when another layer already claimed its response id."""
-    return _kernel.seen.claim(attrs.response_id(values))
+def claim(values: Mapping[str, Any], kwargs: Mapping[str, Any], span: ReadableSpan) -> bool:
+    """Whether this layer counts the call: False when another layer already claimed its response
+    id, or when another instrumentation library's span of the same call was counted (`_pairing`)."""
+    response_id = attrs.response_id(values)
+    key = _pair_key(kwargs)
+    if not _kernel.seen.claim(response_id):
+        if key is not None and response_id:
+            pending.forget(key, response_id)  # its twin, if noted, needs no pairing now
+        return False
+    start, end = span.start_time, span.end_time
+    if key is None or not start or not end:
+        return True
+    scope = span.instrumentation_scope
+    call = Call(scope.name if scope is not None else "", attrs.model_names(values), start, end, response_id)
+    return pending.claim(key, call)
+
+
+def _pair_key(kwargs: Mapping[str, Any]) -> Key | None:
+    """The usage a call pairs by; None for a call without token counts (nothing to compare)."""
+    if kwargs["usage_missing"] or not (kwargs["input_tokens"] or kwargs["output_tokens"]):
+        return None
+    return (kwargs["input_tokens"], kwargs["output_tokens"], kwargs["cache_read_tokens"], kwargs["cache_write_tokens"])
 
 
 def count(table: TraceTable, trace: Trace, trace_id: int, role: str, values: Mapping[str, Any],
@@ -45,14 +66,15 @@ def count(table: TraceTable, trace: Trace, trace_id: int, role: str, values: Map
         if failed:
             trace.errors += 1
     if role == attrs.MODEL_CALL and not covered:
-        if not claim(values):
+        kwargs = attrs.call_kwargs(values, span_id)
+        if not claim(values, kwargs, span):
             trace.elsewhere = True  # counted by another layer: our client hook, or a span in another trace
             return
         if not table.activate(trace, trace_id):  # its root ended meanwhile: billed as a straggler
-            straggler(table, trace_id, span_id, role, values, claimed=True)
+            _keito.record_llm_call(**kwargs, session_id=straggler_session(table, trace_id))
             return
         if trace.session is not None:
-            trace.session.record_llm_call(**attrs.call_kwargs(values, span_id))
+            trace.session.record_llm_call(**kwargs)
     if role == attrs.TOOL or failed:
         tally(trace, role == attrs.TOOL, failed)
 
@@ -74,33 +96,39 @@ def framework_span(table: TraceTable, trace: Trace | None, trace_id: int, role: 
             if role == attrs.MODEL_CALL or is_root:
                 trace.elsewhere = True  # billed by the adapter, or in its session
     if role == attrs.MODEL_CALL and not covered and type(mark) is RunMark:
-        bill_in_run(mark, values, span_id)
+        bill_in_run(mark, values, span)
     if is_root and trace is not None and not trace.closed:
         table.close_root(trace, trace_id, span_id, span)
 
 
-def bill_in_run(mark: RunMark, values: Mapping[str, Any], span_id: int) -> None:
+def bill_in_run(mark: RunMark, values: Mapping[str, Any], span: ReadableSpan) -> None:
     """Count a model call once, into the session of the framework adapter's run it was made in."""
-    if not claim(values):
+    kwargs = attrs.call_kwargs(values, span.context.span_id)
+    if not claim(values, kwargs, span):
         return  # counted by another layer: our client hook, or a span in another trace
-    kwargs = attrs.call_kwargs(values, span_id)
     session = mark.session
     if not session.record_llm_call(**kwargs) and session.ended:
         # The run's session ended before the span did: a later part of the same session id.
         _keito.record_llm_call(**kwargs, session_id=session.session_id)
 
 
-def straggler(table: TraceTable, trace_id: int, span_id: int, role: str, values: Mapping[str, Any],
-              claimed: bool = False) -> None:
+def straggler(table: TraceTable, trace_id: int, role: str, values: Mapping[str, Any], span: ReadableSpan) -> None:
     """A span that ended after its trace's root: its call is billed to that session id, never lost."""
-    session_id = table.closed.get(trace_id) or f"{trace_id:032x}"
+    session_id = straggler_session(table, trace_id)
     if role == attrs.TOOL:
         session = _api.get_session(session_id)
         if session is not None:
             session.record_tool_call()
-    if role != attrs.MODEL_CALL or not (claimed or claim(values)):
+    if role != attrs.MODEL_CALL:
         return
-    _keito.record_llm_call(**attrs.call_kwargs(values, span_id), session_id=session_id)
+    kwargs = attrs.call_kwargs(values, span.context.span_id)
+    if claim(values, kwargs, span):
+        _keito.record_llm_call(**kwargs, session_id=session_id)
+
+
+def straggler_session(table: TraceTable, trace_id: int) -> str:
+    """The session id a closed trace billed to (its trace id if it billed nothing)."""
+    return table.closed.get(trace_id) or f"{trace_id:032x}"
 
 
 def tally(trace: Trace, tool: bool, failed: bool) -> None:

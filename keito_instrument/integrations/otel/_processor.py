@@ -129,7 +129,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
                 return
             if trace is None or trace.closed:
                 if trace_id in table.closed:
-                    straggler(table, trace_id, span_id, role, values)
+                    straggler(table, trace_id, role, values, span)
                     return
                 trace = table.open_late(trace_id, values, span)
                 if trace is None:
