@@ -235,9 +235,14 @@ def shutdown(timeout: float) -> bool:
     # that does may continue it (it then ends after idle_timeout, in whichever process looks).
     registry.close_all("shutdown", named=not _others_alive())
     written = writer.drain(max(0.0, deadline - time.monotonic()))
+    # A warm-up still importing (set up a moment ago) is waited for, bounded: the billing module
+    # it imports must be whole before it is stopped, and the billing thread it starts must stop.
+    if _warm_lock.acquire(timeout=max(0.0, min(2.0, deadline - time.monotonic()))):
+        _warm_lock.release()
     engine = sys.modules.get(f"{__package__}._engine")
-    if engine is not None:
-        engine.stop(max(0.0, deadline - time.monotonic()))
+    stop_billing = getattr(engine, "stop", None)  # (None while another thread is importing it)
+    if stop_billing is not None:
+        stop_billing(max(0.0, deadline - time.monotonic()))
     export = sys.modules.get(f"{__package__}._export")  # never started if never imported
     stop = getattr(export, "shutdown", None)  # (None too while another thread is importing it)
     if stop is None:
