@@ -202,10 +202,38 @@ def reset_mark(token: Any) -> None:
             _framework_call.set(None if old is Token.MISSING else old)
 
 
+# Adapters of frameworks that keep their own "a model call of mine is running" state (CrewAI's
+# call context) register a probe here rather than setting the mark: their hooks run on other
+# threads, too late to mark the caller's context. A tuple, swapped whole: read without a lock.
+_call_probes: tuple[Callable[[], str | None], ...] = ()
+_probes_lock = threading.Lock()
+
+
+def add_call_probe(probe: Callable[[], str | None]) -> None:
+    """Register `probe()`: the adapter's name while a model call it records runs in this context."""
+    global _call_probes
+    with _probes_lock:
+        if probe not in _call_probes:
+            _call_probes = (*_call_probes, probe)
+
+
+def remove_call_probe(probe: Callable[[], str | None]) -> None:
+    """Undo `add_call_probe`."""
+    global _call_probes
+    with _probes_lock:
+        _call_probes = tuple(p for p in _call_probes if p != probe)
+
+
 def in_framework_call() -> str | None:
     """The adapter recording the model call running in this context, if any."""
     mark = _framework_call.get()
-    return mark if type(mark) is str else None
+    if type(mark) is str:
+        return mark
+    for probe in _call_probes:
+        name = probe()
+        if name:
+            return name
+    return None
 
 
 def in_framework_run() -> RunMark | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from keito_instrument.adapters import current_session, guard, missing_extra
 
-from .._kernel import check_options, require_version
+from .._kernel import add_call_probe, check_options, remove_call_probe, require_version
 from . import _crew_event as kinds
 from ._crew_event import CrewEvent
 from ._events import KickoffAssembler
@@ -89,6 +89,7 @@ class KeitoCrewListener:
         # fails was cut mid-stream, and the provider bills what it streamed.
         self._streamed: dict[Any, None] = {}
         self._chunk_event: Any = None
+        self._call_var: Any = None  # crewai's call-id context variable, read by `records_call`
 
     # -- installation -----------------------------------------------------------------------------
     def install(self) -> None:
@@ -113,9 +114,15 @@ class KeitoCrewListener:
             self._chunk_event = getattr(events, "LLMStreamChunkEvent", None)
             if self._chunk_event is not None:
                 self._bus.register_handler(self._chunk_event, self._on_chunk)
+            from crewai.llms import base_llm
+
+            self._call_var = getattr(base_llm, "_current_call_id", None)  # (crewai's, set around each call)
+            if self._call_var is not None:
+                add_call_probe(self.records_call)
 
     def uninstall(self) -> None:
         """Unregister every handler and close the kickoffs still open (they bill what they spent)."""
+        remove_call_probe(self.records_call)
         with self._lock:
             bus, self._bus = self._bus, None
             if bus is not None:
@@ -124,6 +131,19 @@ class KeitoCrewListener:
                 if self._chunk_event is not None:
                     bus.off(self._chunk_event, self._on_chunk)
         self.assembler.close_all()
+
+    def records_call(self) -> str | None:
+        """"crewai" while a crewai LLM call that these events bill runs in this context (in a
+        kickoff, or in an open keito session): an instrumented OpenAI or Anthropic client that
+        crewai's provider calls then leaves the call (its tokens and its error) to the events,
+        which know the kickoff, the agent and the task."""
+        try:
+            var = self._call_var
+            if var is None or var.get() is None:
+                return None
+            return "crewai" if self._roots() or current_session() is not None else None
+        except Exception:  # (a probe never raises into a client call)
+            return None
 
     @property
     def installed(self) -> bool:
