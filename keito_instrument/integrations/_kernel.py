@@ -313,6 +313,24 @@ def record_call_error(error: BaseException) -> None:
         count_error(session, error)
 
 
+def held_where_raised(error: BaseException, package: str, types: tuple[type, ...]) -> Any:
+    """The first object of `types` held by a frame of `package` (say "openai.") that `error` went
+    through: the answer an SDK had read when its own parsing of it raised. Read only; nothing of
+    the traceback is kept."""
+    tb, frame = error.__traceback__, None
+    try:
+        while tb is not None:
+            frame = tb.tb_frame
+            if str(frame.f_globals.get("__name__", "")).startswith(package):
+                for value in frame.f_locals.values():
+                    if isinstance(value, types):
+                        return value
+            tb = tb.tb_next
+        return None
+    finally:
+        tb = frame = None  # (no reference to the frames outlives the walk, even if it raised)
+
+
 # -- streams watched in place ---------------------------------------------------------------------
 def passthrough(items: Iterator[Any], see: Callable[[Any], None], end: Callable[[bool], None],
                 where: tuple[str, str]) -> Iterator[Any]:

@@ -4,15 +4,17 @@ Real `openai` clients are pointed at it with `base_url`. It answers as the OpenA
 
 - `POST /v1/chat/completions`: a completion with `CHAT_USAGE`; with `stream: true`, word chunks,
   a finish chunk and, only with `stream_options.include_usage`, the usage chunk (no choices);
-  `response_format` gets a JSON object as content.
-- `POST /v1/responses`: a response with `RESPONSES_USAGE`; streamed as `response.created`,
+  `response_format` gets a JSON object (`ANSWER`) as content.
+- `POST /v1/responses`: a response with `RESPONSES_USAGE` (`ANSWER` as its text when asked for a
+  `json_schema` text format, as `responses.parse` does); streamed as `response.created`,
   `response.output_text.delta` events and `response.completed` carrying the whole response.
 - `POST /v1/embeddings`: one vector per input (base64 float32 unless `encoding_format: float`).
 
 The response names a dated model (`gpt-4o-mini` -> `gpt-4o-mini-2024-07-18`), as the API does.
 `cut` streams stop after their first chunk with the connection dropped mid-body; `fail` answers
 the next requests with that HTTP status, an OpenAI error body and `retry-after-ms: 1` (a client
-with retries retries at once). Every request body is kept in
+with retries retries at once); `finish_reason` is the chat completions' (say "content_filter").
+Every request body is kept in
 `requests`, and `served` tallies the usage the server reported, the oracle a bill is checked
 against.
 """
@@ -45,6 +47,7 @@ RESPONSES_USAGE = {
 }
 EMBEDDINGS_USAGE = {"prompt_tokens": 9, "total_tokens": 9}
 REPLY = "Hello from the fake server"
+ANSWER = {"answer": 42}  # the structured output: an `answer: int` model validates it, a strict `str` one not
 DEPLOYMENTS = {"my-deployment": "gpt-4o-mini"}
 DATED = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "o4-mini": "o4-mini-2025-04-16"}
 
@@ -57,6 +60,7 @@ class FakeOpenAI:
         self.served: list[dict[str, Any]] = []  # the usage blocks the server reported, in order
         self.cut = 0  # the next `cut` streams are dropped after their first chunk
         self.fail: tuple[int, int] | None = None  # (HTTP status, how many requests)
+        self.finish_reason = "stop"  # of every chat completion answered
         self.base_url = ""
         self._lock = threading.Lock()
         self._n = 0
@@ -90,12 +94,13 @@ class FakeOpenAI:
 
 def _chat(fake: FakeOpenAI, handler: _Handler, body: dict[str, Any]) -> None:
     rid, model = fake.next_id("chatcmpl"), DATED.get(body.get("model", ""), body.get("model", "gpt-4o-mini"))
-    text = json.dumps({"answer": 42}) if body.get("response_format") else REPLY
+    text = json.dumps(ANSWER) if body.get("response_format") else REPLY
     base = {"id": rid, "created": 1_700_000_000, "model": model, "system_fingerprint": "fp_fake"}
     if not body.get("stream"):
         message = {"role": "assistant", "content": text, "refusal": None}
+        choice = {"index": 0, "message": message, "finish_reason": fake.finish_reason, "logprobs": None}
         handler.send_json({**base, "object": "chat.completion", "usage": fake.report(CHAT_USAGE),
-                           "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}]})
+                           "choices": [choice]})
         return
     chunk = {**base, "object": "chat.completion.chunk"}
     pieces = [{"role": "assistant", "content": ""}] + [{"content": w} for w in _words(text)]
@@ -110,7 +115,8 @@ def _chat(fake: FakeOpenAI, handler: _Handler, body: dict[str, Any]) -> None:
 
 def _responses(fake: FakeOpenAI, handler: _Handler, body: dict[str, Any]) -> None:
     rid, model = fake.next_id("resp"), DATED.get(body.get("model", ""), body.get("model", "gpt-4o-mini"))
-    text = REPLY
+    wanted = ((body.get("text") or {}).get("format") or {}).get("type")
+    text = json.dumps(ANSWER) if wanted == "json_schema" else REPLY
     item = {"id": f"msg-{rid}", "type": "message", "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}
     response: dict[str, Any] = {

@@ -139,16 +139,7 @@ def _after_error(exc: Exception, kwargs: dict[str, Any]) -> None:
 
 def _answered(exc: BaseException) -> Any:
     """The SDK's raw response held by one of the SDK's frames the exception passed through, if any."""
-    raw_types = _raw_types()
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if str(frame.f_globals.get("__name__", "")).startswith("anthropic."):
-            for value in frame.f_locals.values():
-                if isinstance(value, raw_types):
-                    return value
-        tb = tb.tb_next
-    return None
+    return _kernel.held_where_raised(exc, "anthropic.", _raw_types())
 
 
 def _read_body(response: Any) -> dict[str, Any]:

@@ -6,7 +6,9 @@ guard, it counts the call from the result: a response object's own usage, model 
 stream's usage from its final chunk (see `_streams`); a raw response (`with_raw_response`) parsed
 as the caller's `.parse()` will be (openai caches the parsed object, so both get the same one).
 A call that raises is an error of the session it runs in (`_kernel.record_call_error`: counted
-once, not again as the same exception leaves `@track_agent`). Nothing is recorded while a
+once, not again as the same exception leaves `@track_agent`); one that raises after the API
+answered (`.parse()` whose answer does not validate) is counted too, from that answer (`failed`).
+Nothing is recorded while a
 framework adapter (LangChain's handler) records the call itself.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from ..._api import current_session
 from ..._guard import guard
-from .._kernel import in_framework_call, record_call_error, record_provider_call
+from .._kernel import held_where_raised, in_framework_call, record_call_error, record_provider_call
 from ._streams import Seer, Watch, watch_stream
 
 _G_CALL = guard("openai call")
@@ -110,14 +112,32 @@ def after(resource: Any, method: Method, kwargs: dict[str, Any], result: Any) ->
 
 
 def failed(resource: Any, method: Method, kwargs: dict[str, Any], exc: BaseException) -> None:
-    """A call that raised: billed only when the error carries the completion (`.parse()`'s
-    LengthFinishReasonError and ContentFilterFinishReasonError-style errors do)."""
+    """A call that raised: billed only when the API had answered, from the answer the SDK had read.
+
+    That is the completion the error carries (`.parse()`'s LengthFinishReasonError), else the
+    ChatCompletion or Response an openai frame held when the SDK's parsing of it raised (`.parse()`
+    whose answer does not validate against `response_format` / `text_format`, a content filter's
+    ContentFilterFinishReasonError): found in the exception's traceback, read only. An error
+    without an answer (an HTTP error, a timeout) bills nothing.
+    """
     try:
         completion = getattr(exc, "completion", None)
-        if completion is not None and getattr(completion, "usage", None) is not None:
+        if completion is None:
+            answer = held_where_raised(exc, "openai.", _answer_types())
+            if answer is not None:
+                after(resource, method, kwargs, answer)
+        elif getattr(completion, "usage", None) is not None:  # (a stream's has none: its chunks count it)
             after(resource, method, kwargs, completion)
     except Exception as inner:
         _swallow(_G_ERROR, inner)
+
+
+@functools.cache
+def _answer_types() -> tuple[type, ...]:
+    from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
+
+    return ChatCompletion, Response
 
 
 def _on_result(client: Any, method: Method, kwargs: dict[str, Any], result: Any) -> None:
