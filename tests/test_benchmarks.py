@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
 # The framework a benchmark measures: without it (the core-only test run) it is skipped.
 NEEDS = {"bench_langchain.py": "langchain_core", "bench_crewai.py": "crewai", "bench_otel.py": "opentelemetry.sdk",
-         "bench_openai.py": "openai", "bench_anthropic.py": "anthropic"}
+         "bench_openai.py": "openai", "bench_anthropic.py": "anthropic", "bench_cpu.py": "langchain_core"}
 # Benchmarks that also print their results as JSON (--json).
 WITH_JSON = ("bench_anthropic.py", "bench_openai.py")
 
@@ -47,3 +47,9 @@ def test_client_hook_benchmark_prints_json_and_ours_counts_every_call(name: str,
     assert ours and all(v["recorded"] == v["made"] > 0 for v in ours), ours
     assert {v["group"] for v in found["variants"] if v["role"] == "bare"} == {"in-process", "socket"}
     assert [t["target"] for t in found["targets"]] == ["ours <= 2x the floor"]
+
+
+def test_cpu_benchmark_without_peers_still_delivers_every_session(tmp_path: Path) -> None:
+    # (bench_cpu exits 1 when a session of ours was not delivered exactly once: _run_quick checks the code)
+    out = _run_quick("bench_cpu.py", tmp_path, "--no-peers").stdout
+    assert "0 duplicates" in out and "the targets cannot be checked" in out
