@@ -20,7 +20,7 @@ import keito_instrument as keito
 from keito_instrument import _pipeline
 from keito_instrument._spool import Spool
 from keito_instrument.integrations import langchain as keito_lc
-from keito_instrument.integrations.langchain import KeitoCallbackHandler
+from keito_instrument.integrations.langchain import KeitoCallbackHandler, _handler
 
 PROMPT = ChatPromptTemplate.from_messages([("human", "{q}")])
 
@@ -279,7 +279,7 @@ def test_internal_error_never_breaks_the_chain(
         raise RuntimeError("bug in keito")
 
     monkeypatch.setattr(keito_lc.KeitoCallbackHandler, "_record", explode)
-    monkeypatch.setattr(keito_lc, "from_usage_metadata", explode)
+    monkeypatch.setattr(_handler, "from_usage_metadata", explode)
     llm = UsageChatModel(replies=[reply()])
     handler = KeitoCallbackHandler()
     assert (PROMPT | llm).invoke({"q": "x"}, config={"callbacks": [handler]}).content == "ok"

@@ -23,7 +23,7 @@ import keito_instrument as keito
 from keito_instrument import _pipeline
 from keito_instrument._spool import Spool
 from keito_instrument.integrations import langchain as keito_lc
-from keito_instrument.integrations.langchain import KeitoCallbackHandler
+from keito_instrument.integrations.langchain import KeitoCallbackHandler, _handler
 
 PROMPT = ChatPromptTemplate.from_messages([("human", "{q}")])
 
@@ -149,14 +149,14 @@ def test_cache_hit_on_releases_without_the_zero_cost_mark(ledger: Spool, monkeyp
     monkeypatch.setattr(
         BaseChatModel, "_convert_cached_generations", lambda self, cached: list(cached), raising=False
     )
-    monkeypatch.setattr(keito_lc, "_marked", [])
+    monkeypatch.setattr(_handler, "_marked", [])
     set_llm_cache(InMemoryCache())
     llm = UsageChatModel(replies=[reply(inp=500, out=50), reply(inp=7, out=1)])
     with keito.session():
         for _ in range(2):
             llm.invoke("same prompt", config={"callbacks": [KeitoCallbackHandler()]})
         llm.invoke("another prompt", config={"callbacks": [KeitoCallbackHandler()]})  # a miss: billed
-    assert keito_lc._marked == [False]  # the adapter saw that this converter does not mark hits
+    assert _handler._marked == [False]  # the adapter saw that this converter does not mark hits
     [row] = ledger.sessions()
     assert (row["llm_calls"], row["input_tokens"], row["output_tokens"]) == (3, 507, 51)
 

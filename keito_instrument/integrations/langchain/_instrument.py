@@ -13,14 +13,12 @@ import logging
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.tracers import context as _lc_context
 
 from .._kernel import Switch
-
-if TYPE_CHECKING:
-    from . import KeitoCallbackHandler
+from ._handler import KeitoCallbackHandler
 
 _log = logging.getLogger("keito_instrument")
 
@@ -41,8 +39,6 @@ class _Hook:
 def _the_hook() -> _Hook:
     # Made once and kept: instrument() after uninstrument() brings back the same handler, with the
     # settings it had, and a context variable's default cannot be changed after it is made.
-    from . import KeitoCallbackHandler  # at call time: the package imports this module
-
     handler = KeitoCallbackHandler()
     return _Hook(handler, ContextVar("keito_instrument_langchain", default=handler))
 
@@ -64,8 +60,6 @@ def _install(**session_settings: Any) -> _Hook:
 
 
 def _replace_settings(handler: KeitoCallbackHandler, session_settings: dict[str, Any]) -> None:
-    from . import KeitoCallbackHandler
-
     fresh = KeitoCallbackHandler(**session_settings)  # validates: a typo changes nothing
     handler.session_id, handler.close = fresh.session_id, fresh.close
     handler.session_settings = fresh.session_settings
