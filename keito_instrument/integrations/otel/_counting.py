@@ -18,12 +18,15 @@ from opentelemetry.trace import StatusCode
 import keito_instrument as _keito
 
 from ... import adapters as _api
+from ..._api import count_error
 from .. import _kernel
 from .._kernel import RunMark
 from . import _attrs as attrs
 from ._pairing import Call, Key, pending
 from ._table import TraceTable
-from ._trace import Trace
+from ._trace import Trace, failure
+
+_MAX_HELD_FAILURES = 16  # exceptions a trace keeps until its session opens; beyond, plain counts
 
 
 def claim(values: Mapping[str, Any], kwargs: Mapping[str, Any], span: ReadableSpan) -> bool:
@@ -76,7 +79,7 @@ def count(table: TraceTable, trace: Trace, trace_id: int, role: str, values: Map
         if trace.session is not None:
             trace.session.record_llm_call(**kwargs)
     if role == attrs.TOOL or failed:
-        tally(trace, role == attrs.TOOL, failed)
+        tally(trace, role == attrs.TOOL, failed, failure(span) if failed else None)
 
 
 def framework_span(table: TraceTable, trace: Trace | None, trace_id: int, role: str, values: Mapping[str, Any],
@@ -131,14 +134,26 @@ def straggler_session(table: TraceTable, trace_id: int) -> str:
     return table.closed.get(trace_id) or f"{trace_id:032x}"
 
 
-def tally(trace: Trace, tool: bool, failed: bool) -> None:
-    """Count a tool call or an error: into the session, or held back until it opens."""
+def tally(trace: Trace, tool: bool, failed: bool, error: BaseException | None = None) -> None:
+    """Count a tool call or an error: into the session, or held back until it opens. An error
+    whose exception is known (`_trace.failure`) is counted once with it: not again when our
+    client hook or `@track_agent` sees the same exception in the same session."""
     with trace.lock:
         session = trace.session
         if session is None:
             if trace.held is None:
                 trace.held = [0, 0]
             trace.held[0] += tool
-            trace.held[1] += failed
+            if error is not None and len(trace.held_failures or ()) < _MAX_HELD_FAILURES:
+                if trace.held_failures is None:
+                    trace.held_failures = []
+                trace.held_failures.append(error)
+            else:
+                trace.held[1] += failed
             return
+    if error is not None:
+        if tool:
+            session.count(tool_calls=1)
+        count_error(session, error)
+        return
     session.count(tool_calls=int(tool), errors=int(failed))

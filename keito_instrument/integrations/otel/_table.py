@@ -19,11 +19,12 @@ from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.trace import StatusCode
 
 from ... import adapters as _api
+from ..._api import count_error
 from ...adapters import Run
 from .._kernel import RunMark
 from .._runs import OpenRuns, Recent
 from . import _attrs as attrs
-from ._trace import Trace, end_runs, seconds, session_hint
+from ._trace import Trace, end_runs, failure, seconds, session_hint
 
 _log = logging.getLogger("keito_instrument")
 
@@ -160,8 +161,11 @@ class TraceTable:
                         _api.end_run(run, ended_at=end)
                 trace.ended = None
                 held, trace.held = trace.held, None
+                failures, trace.held_failures = trace.held_failures, None
                 if held is not None and trace.session is not None:
                     trace.session.count(tool_calls=held[0], errors=held[1])
+                    for error in failures or ():
+                        count_error(trace.session, error)
         return True
 
     def _add_locked(self, trace_id: int, trace: Trace) -> list[tuple[int, Trace]]:
@@ -230,7 +234,7 @@ class TraceTable:
         failed = span.status.status_code is StatusCode.ERROR and errors == 0
         if extra is not None:
             _api.end_run(extra, ended_at=end)
-        error = RuntimeError(span.status.description or "span failed") if failed else None
+        error = (failure(span) or RuntimeError(span.status.description or "span failed")) if failed else None
         _api.end_run(run, error=error, ended_at=end)
 
     def close_evicted(self, evicted: list[tuple[int, Trace]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
-from opentelemetry.sdk.trace import Span
+from opentelemetry.sdk.trace import ReadableSpan, Span
 
 from ... import adapters as _api
 from ...adapters import Run, Session
@@ -49,6 +50,7 @@ class Trace:
     elsewhere: bool = False  # another layer billed a model call of it, or its root is an adapter's run
     marked: dict[int, Any] | None = None  # span id -> the framework mark it started in (a str or a RunMark)
     held: list[int] | None = None  # [tool calls, errors] seen before the session opened
+    held_failures: list[BaseException] | None = None  # ... and the exceptions some of those errors were
 
     def session_id(self) -> str | None:
         """The id this trace bills (or would bill) to; None: the trace id."""
@@ -77,6 +79,31 @@ def inherited(trace: Trace | None, parent_span_id: int) -> str | _kernel.RunMark
         return None
     mark = trace.marked.get(parent_span_id)
     return mark if mark is None or type(mark) is str else _kernel.holding(mark)
+
+
+def failure(span: ReadableSpan) -> BaseException | None:
+    """The exception a failed span failed with, when it is being handled on this thread now.
+
+    Instrumentors end a failed span where the exception is caught on its way up: OpenLLMetry's
+    client wrappers in their `except` block, OpenInference's LangChain spans in the callback
+    LangChain calls from its `except` block (inline in sync code), a `with` block's exit. It is
+    then the very object our client hook and `@track_agent` see, so counting it with
+    `count_error` counts that failure once across the layers. None when nothing is being handled
+    (async LangChain runs OpenInference's callbacks on an executor thread), or when the span
+    recorded an exception of another type (it failed for a reason of its own while another
+    exception was being handled): the span's error is then counted on its own.
+    """
+    error = sys.exc_info()[1]
+    if error is None:
+        return None
+    recorded = None
+    for event in span.events:
+        if event.name == "exception":
+            recorded = (event.attributes or {}).get("exception.type")
+    if recorded is None:
+        return error
+    kind = type(error)
+    return error if recorded in (kind.__name__, kind.__qualname__, f"{kind.__module__}.{kind.__qualname__}") else None
 
 
 def seconds(nanoseconds: int | None) -> float:
