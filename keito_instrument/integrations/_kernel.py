@@ -271,6 +271,12 @@ def holding(mark: Any) -> RunMark | None:
 # Provider response ids already billed: the second layer to see one call, in any session or
 # trace, skips it.
 seen: Recent[str, None] = Recent(65_536, max_age=3600.0)
+# Set while a span processor pairs calls by their usage (`otel._pairing.claim_client_call`), None
+# otherwise (nothing to pay): a client hook's call takes part, so a span of the same call without
+# a response id (OpenInference's span of a streamed LangChain call) is not billed again. Called
+# with the model, the usage's `record_llm_call` arguments and the response id; False: such a span
+# of this call was counted first.
+pair_client_call: Callable[[str | None, Mapping[str, int], str | None], bool] | None = None
 
 
 def record_provider_call(
@@ -290,6 +296,9 @@ def record_provider_call(
     if not seen.claim(response_id):
         return False
     found = usage_kwargs(usage, flavor)
+    pair = pair_client_call
+    if pair is not None and found is not None and not pair(model, found, response_id):
+        return False
     kwargs: dict[str, Any] = found if found is not None else {"usage_missing": True}
     if session is None:
         run = in_framework_run()

@@ -33,11 +33,11 @@ def claim(values: Mapping[str, Any], kwargs: Mapping[str, Any], span: ReadableSp
     """Whether this layer counts the call: False when another layer already claimed its response
     id, or when another instrumentation library's span of the same call was counted (`_pairing`)."""
     response_id = attrs.response_id(values)
-    key = _pair_key(kwargs)
     if not _kernel.seen.claim(response_id):
-        if key is not None and response_id:
-            pending.forget(key, response_id)  # its twin, if noted, needs no pairing now
+        # Its note (if any) stays: a third layer's span without an id may still come (our client
+        # hook, the client instrumentor's span, then OpenInference's span of a streamed call).
         return False
+    key = _pair_key(kwargs)
     start, end = span.start_time, span.end_time
     if key is None or not start or not end:
         return True

@@ -14,17 +14,27 @@ Calls that are genuinely different but identical in all of that (concurrent iden
 pair with each other's spans instead of their own: harmless, one span of each is still counted
 and they bill the same. Two spans that both carry a response id never pair (the id decides).
 
+Our client hooks' calls take part too (`claim_client_call`, installed in the kernel while a
+processor is): a hook counts a call when its answer or its stream's usage arrives, inside the
+framework span's interval, and notes it at that instant (it does not know the request's start), so
+a later OpenInference span of the same streamed call pairs with it and is not counted. The hook's
+call wins, as the first to end; a span counted first (within the slack) wins over a later hook call.
+
 No OpenTelemetry import: the processor passes plain values (`_counting.claim`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..._forksafe import reset_in_child
+from .. import _kernel
 
 # A call's usage as the pairing key: (input, output, cache read, cache write) tokens.
 Key = tuple[int, int, int, int]
@@ -33,6 +43,8 @@ SLACK_NS = 20_000_000  # intervals this close count as overlapping: clocks of tw
 MAX_CALLS = 4_096
 MAX_AGE = 300.0  # seconds between the two spans' ends, at most
 _MAX_PER_KEY = 64  # identical calls in flight at once; beyond, the oldest is forgotten
+CLIENT_SCOPE = "keito_instrument"  # the "library" of our client hooks' calls
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")  # gpt-4o-mini-2024-07-18, claude-sonnet-4-20250514
 
 
 @dataclass(slots=True, eq=False)
@@ -86,14 +98,6 @@ class Pairs:
             self._note(key, call)
         return True
 
-    def forget(self, key: Key, response_id: str) -> None:
-        """The call with `response_id` was seen again by its id: its twin needs no pairing."""
-        with self._lock:
-            for other in self._by_key.get(key, ()):
-                if other.response_id == response_id:
-                    self._drop(key, other)
-                    return
-
     def clear(self) -> None:
         """Forget every call (tests, a forked child)."""
         with self._lock:
@@ -131,3 +135,41 @@ class Pairs:
 
 pending = Pairs()  # process-wide, as the kernel's response ids are: both spans may reach any processor
 reset_in_child(pending)
+
+
+def claim_client_call(model: str | None, usage: Mapping[str, int], response_id: str | None) -> bool:
+    """`_kernel.pair_client_call`: True, the hook counts its call (noted for a span without an
+    id to find); False, a span of it from another library was counted first.
+
+    A hook names the model its answer names (`gpt-4o-mini-2024-07-18`), OpenInference's span of a
+    streamed call the one requested (`gpt-4o-mini`): the name without its date is noted too.
+    """
+    key = (usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cache_read_tokens", 0),
+           usage.get("cache_write_tokens", 0))
+    if not (key[0] or key[1]):
+        return True
+    models = frozenset((model, _DATED.sub("", model))) if model else frozenset()
+    now = time.time_ns()
+    return pending.claim(key, Call(CLIENT_SCOPE, models, now, now, response_id))
+
+
+_processors: set[int] = set()  # the live span processors (ids): while any is, our hooks' calls are noted
+_processors_lock = threading.Lock()
+
+
+def join(processor: object) -> None:
+    """A span processor is live: our client hooks' calls take part in pairing until `leave`
+    (its `shutdown()`) or until it is collected."""
+    key = id(processor)
+    with _processors_lock:
+        _processors.add(key)
+        _kernel.pair_client_call = claim_client_call
+    weakref.finalize(processor, leave, key)
+
+
+def leave(key: int) -> None:
+    """Undo `join` for the processor with id `key`; with none left, hooks note nothing."""
+    with _processors_lock:
+        _processors.discard(key)
+        if not _processors:
+            _kernel.pair_client_call = None

@@ -15,6 +15,7 @@ import keito_instrument as _keito
 from ...adapters import guard
 from .._kernel import CLIENT_HOOKS, check_options, framework_mark
 from . import _attrs as attrs
+from . import _pairing
 from ._counting import count, framework_span, straggler
 from ._table import TraceTable
 from ._trace import inherited, suppressed
@@ -66,6 +67,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         # or until this processor is collected).
         CLIENT_HOOKS.add(id(self))
         weakref.finalize(self, CLIENT_HOOKS.discard, id(self))
+        _pairing.join(self)  # our client hooks' calls are noted for pairing while this processor is live
         self._shut = False
 
     @override
@@ -148,6 +150,7 @@ class KeitoSpanProcessor(SpanProcessor):  # type: ignore[misc]
         with guard("otel shutdown"):
             self._shut = True
             CLIENT_HOOKS.discard(id(self))
+            _pairing.leave(id(self))
             self._table.close_all()
 
     @override
