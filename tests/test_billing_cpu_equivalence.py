@@ -710,3 +710,31 @@ def test_day_roll_up_billing_is_unchanged(tmp_path: Path, quiet_ledger: Spool, a
     assert entry["metadata"]["duration_seconds"] == round(seconds, 3)
     assert Decimal(str(entry["hours"])) == rounded_total(seconds, 0.01, "nearest")
     assert digests == ROLLUP_DIGESTS
+
+
+def read_whole(path: Path, offset: int, limit: int) -> tuple[list[bytes], int, bool]:
+    """The lines a fold reads, as one read of `limit` bytes gives them."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(limit)
+    at_eof = len(data) < limit
+    zero = data.find(b"\0")
+    if zero >= 0:
+        data, at_eof = data[:zero], True
+    end = data.rfind(b"\n") + 1
+    return data[:end].splitlines(), offset + end, at_eof and end == len(data)
+
+
+@pytest.mark.parametrize("limit", [100, 4096, 70_000, fold.MAX_READ])
+@pytest.mark.parametrize("tail", [b"", b"\0" * 5000, b'["c","cut sho', b'["c","cut sho' + b"\0" * 9])
+def test_a_segment_read_block_by_block_gives_the_lines_of_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, tail: bytes
+) -> None:
+    monkeypatch.setattr(fold, "MAX_READ", limit)
+    monkeypatch.setattr(fold, "READ_BLOCK", 1000)
+    path = tmp_path / "w.000001.jsonl"
+    path.write_bytes(b"".join(b'["n","s%d","i","r",1.5,%d,0]\n' % (n, n) for n in range(3000)) + tail)
+    for offset in (0, 29, 1000, 50_000, path.stat().st_size, path.stat().st_size + 10):
+        assert fold._read_lines(str(path), offset) == read_whole(path, offset, limit)
+        rest = path.read_bytes()[offset:][:limit].split(b"\0")[0]
+        assert fold._only_a_cut_line(str(path), offset) == (b"\n" not in rest)

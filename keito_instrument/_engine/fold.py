@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ _log = logging.getLogger("keito_instrument")
 UNBILLABLE = "unbillable"
 
 MAX_READ = 8 * 1024 * 1024  # bytes read from one segment per fold
+READ_BLOCK = 64 * 1024  # the first read of a segment in a fold (doubled while there is more)
 MAX_DUE = 500  # open sessions examined per sweep
 clock = time.time  # the engine's wall clock (tests move it forward)
 
@@ -88,19 +90,40 @@ class _Batch:
             self.named_end = True
 
 
+def _read_from(path: str, offset: int) -> tuple[bytes, bool]:
+    """The bytes of a segment from `offset` (at most MAX_READ, up to a mapped segment's unwritten
+    zeros) and whether they reach its end. Read a block at a time, growing, so that a fold of a few
+    new lines never copies the rest of a mapped segment (a megabyte of zeros) out of the kernel."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        blocks: list[bytes] = []
+        total, size = 0, READ_BLOCK
+        while True:
+            want = min(size, MAX_READ - total)
+            block = os.pread(fd, want, offset + total)
+            zero = block.find(b"\0")
+            if zero >= 0:  # a mapped segment's unwritten rest (no JSON line holds a zero byte)
+                blocks.append(block[:zero])
+                at_eof = True
+                break
+            blocks.append(block)
+            total += len(block)
+            if len(block) < want or total >= MAX_READ:
+                at_eof = len(block) < want
+                break
+            size *= 2
+    finally:
+        os.close(fd)
+    return (blocks[0] if len(blocks) == 1 else b"".join(blocks)), at_eof
+
+
 def _read_lines(path: str, offset: int) -> tuple[list[bytes], int, bool]:
     """The whole lines of a segment from `offset`, the offset after them, and whether they are
     all that is there (bytes after them: a line still being written, or cut short)."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(MAX_READ)
-            at_eof = len(data) < MAX_READ
+        data, at_eof = _read_from(path, offset)
     except FileNotFoundError:
         return [], offset, True
-    zero = data.find(b"\0")
-    if zero >= 0:  # a mapped segment's unwritten rest (no JSON line holds a zero byte)
-        data, at_eof = data[:zero], True
     end = data.rfind(b"\n") + 1
     return data[:end].splitlines(), offset + end, at_eof and end == len(data)
 
@@ -215,13 +238,10 @@ def _fold_segment(conn: sqlite3.Connection, batch: _Batch, seg: Segment, offsets
 
 def _only_a_cut_line(path: str, offset: int) -> bool:
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            rest = fh.read(MAX_READ)
+        rest, _at_eof = _read_from(path, offset)
     except OSError:
         return True
-    zero = rest.find(b"\0")
-    return b"\n" not in (rest if zero < 0 else rest[:zero])
+    return b"\n" not in rest
 
 
 def _load_due(conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
