@@ -11,11 +11,21 @@ from typing import Any
 _log = logging.getLogger("keito_instrument")
 
 METADATA_LIMIT = 4096  # bytes of compact JSON, as the Keito API and CLI count them
+# Encoders built once: json.dumps with any option builds a new JSONEncoder at every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_STRICT = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_not_json).encode
+_PLAIN_TYPES = frozenset({str, int, float, bool})
 
 
 def dumps(value: Any) -> str:
     """Compact JSON, the form whose size Keito limits."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _COMPACT(value)
 
 
 def size(metadata: Mapping[str, Any]) -> int:
@@ -46,7 +56,11 @@ def fit(
     for tier in tiers:
         for key, value in tier.items():
             # The first tier to set a key wins: user metadata cannot overwrite a billing key.
-            if key not in merged and value is not None:
+            if value is None or key in merged:
+                continue
+            if type(value) in _PLAIN_TYPES:
+                merged[key] = value
+            else:
                 merged[key] = value if key in STRUCTURED and isinstance(value, dict) else flat_value(value)
     if size(merged) <= limit:
         return merged
@@ -168,3 +182,20 @@ def encodable(value: Any, where: str = "payload") -> Any:
     if isinstance(value, (list, tuple)):
         return [encodable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+def strict_json(value: Any, where: str = "payload") -> str:
+    """`value` as compact strict JSON (ASCII), made `encodable` first where it has to be.
+
+    The common payload (str keys; strings, numbers, lists and dicts; every number finite; no
+    surrogate) is encoded as it is; anything else (a NaN, a lone surrogate, an object JSON does not
+    know) is encoded as `json.dumps(encodable(value))`, with its warnings, as before."""
+    try:
+        text = _STRICT(value)
+    except (ValueError, TypeError):
+        text = None
+    # (ASCII JSON writes every character past U+FFFF, and any surrogate, as \udXXX escapes: such a
+    # payload takes the careful way, which changes only lone surrogates.)
+    if text is None or "\\ud" in text:
+        text = json.dumps(encodable(value, where), separators=(",", ":"), allow_nan=False, default=str)
+    return text

@@ -738,3 +738,26 @@ def test_a_segment_read_block_by_block_gives_the_lines_of_one_read(
         assert fold._read_lines(str(path), offset) == read_whole(path, offset, limit)
         rest = path.read_bytes()[offset:][:limit].split(b"\0")[0]
         assert fold._only_a_cut_line(str(path), offset) == (b"\n" not in rest)
+
+
+class Frozen(dict[str, Any]):
+    """A mapping subclass (JSON would see a dict; `encodable` makes it one)."""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"notes": "plain", "hours": 0.25, "billable": True, "metadata": {"a": 1, "b": None, "c": [1, 2.5, "x"]}},
+        {"notes": "emoji 😀 and accents é", "metadata": {}},
+        {"notes": "lone \ud800 surrogate", "metadata": {"k\udfff": "v"}},
+        {"hours": math.nan, "metadata": {"q": math.inf, "r": -math.inf}},
+        {"cost": Decimal("1.50"), "when": datetime(2025, 1, 1, tzinfo=UTC), "metadata": {"t": (1, 2)}},
+        {"metadata": Frozen(a=1), "list": [Frozen(b=math.nan)]},
+        {"notes": "a literal \\ud800 backslash", "control": "\x00\x1f\x7f"},
+    ],
+)
+def test_payload_json_is_what_encodable_then_dumps_gives(value: dict[str, Any]) -> None:
+    from keito_instrument._metadata import encodable, strict_json
+
+    old = json.dumps(encodable(value, "payload"), separators=(",", ":"), allow_nan=False, default=str)
+    assert strict_json(value, "payload") == old
