@@ -106,17 +106,32 @@ _COUNTED_IN = "_keito_counted_in"
 def count_error(session: Session, error: BaseException | None = None) -> bool:
     """Count an error in `session`, an exception once: `error` counted there already (by a
     client hook that saw a call fail, then again as it propagates out of `@track_agent`, a
-    nested run or a framework hook) is not counted again. Returns whether it was counted."""
+    nested run or a framework hook) is not counted again, nor is one raised from it or while
+    handling it (a framework re-raising a client's error as its own, `raise X from e`).
+    Returns whether it was counted."""
     if error is not None:
         mark = (session.session_id, session.ident)
         try:
-            if getattr(error, _COUNTED_IN, None) == mark:
+            if _counted_in(error, mark):
                 return False
             setattr(error, _COUNTED_IN, mark)
         except Exception:  # (a type refusing attributes: counted wherever it is seen)
             pass
     session.record_error()
     return True
+
+
+def _counted_in(error: BaseException, mark: tuple[str, str]) -> bool:
+    # The exception and the ones it was raised from or during, a few deep (a chain is short;
+    # the bound keeps a cyclic or very long one cheap).
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if getattr(seen, _COUNTED_IN, None) == mark:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @guarded("end_session", default=False)

@@ -184,3 +184,36 @@ def test_a_failed_chatopenai_call_leaving_track_agent_is_counted_once(ledger: Sp
         work()
     assert one_session(ledger)["errors"] == 1
     keito_lc._table.clear()
+
+
+def test_an_error_re_raised_as_another_from_a_counted_one_is_not_counted_again(
+        ledger: Spool, server: FakeOpenAI) -> None:
+    class StepFailed(RuntimeError):
+        """A framework's own error for a failed model call (as langchain-openai raises)."""
+
+    @keito.track_agent
+    def work() -> None:
+        server.fail = (500, 1)
+        try:
+            chat(client(server))
+        except openai.InternalServerError as exc:
+            raise StepFailed("the model call failed") from exc
+
+    with pytest.raises(StepFailed):
+        work()
+    assert one_session(ledger)["errors"] == 1
+
+
+def test_chat_openai_failing_inside_track_agent_is_one_error(ledger: Spool, server: FakeOpenAI) -> None:
+    chat_models = pytest.importorskip("langchain_openai")
+
+    @keito.track_agent
+    def work() -> None:
+        server.fail = (500, 1)
+        model = chat_models.ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-fake",
+                                       max_retries=0)
+        model.invoke("hi")
+
+    with pytest.raises(Exception):  # noqa: B017  (whichever error langchain-openai raises for a 500)
+        work()
+    assert one_session(ledger)["errors"] == 1

@@ -202,3 +202,22 @@ def test_hooks_note_calls_only_while_a_processor_is_live(ledger: Spool) -> None:
     del processor
     gc.collect()
     assert _kernel.pair_client_call is None  # collected without shutdown: hooks stop noting
+
+
+def test_a_stream_wrapped_by_openllmetry_inside_our_hook_is_read_through_its_proxy(
+        client_spans: Otel, hook: None, ledger: Spool, server: Any) -> None:
+    # OpenLLMetry was instrumented first (a session fixture), so our hook gets its proxy around
+    # the SDK's Stream: the hook reads the stream through it (usage and all), and the chat span
+    # of the same call pairs with the hook's count by its id: one call, with its tokens.
+    import openai
+
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0, timeout=10)
+    with keito.session("proxied"):
+        stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                             stream=True, stream_options={"include_usage": True})
+        assert type(stream) is not openai.Stream and isinstance(stream, openai.Stream)  # (the proxy)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello from the fake server"
+    assert billed(ledger) == served(server) == (1, 1200, 300)
+    [row] = ledger.sessions()
+    assert row["session_id"] == "proxied"

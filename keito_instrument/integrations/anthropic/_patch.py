@@ -156,7 +156,7 @@ def _read_body(response: Any) -> dict[str, Any]:
 def _is_stream(result: Any, is_async: bool) -> bool:
     from anthropic import AsyncStream, Stream
 
-    return issubclass(type(result), AsyncStream if is_async else Stream)
+    return issubclass(result.__class__, AsyncStream if is_async else Stream)  # (a proxy: what it wraps)
 
 
 def _after_enter(manager: Any, stream: Any, is_async: bool) -> None:

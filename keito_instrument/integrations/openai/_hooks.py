@@ -89,7 +89,10 @@ def _provider_of(resource: Any) -> str:
 
 def after(resource: Any, method: Method, kwargs: dict[str, Any], result: Any) -> None:
     """Count the call whose result is `result` (a response, a stream or a raw response)."""
-    shape = _shapes.get(type(result)) or _shape_of(type(result))
+    # (`__class__`, not `type()`: another instrumentor's proxy around the result, OpenLLMetry's
+    # stream wrapper, reports the class of what it wraps and passes our reads through to it)
+    tp = result.__class__
+    shape = _shapes.get(tp) or _shape_of(tp)
     provider = _providers.get(type(resource._client)) or _provider_of(resource)
     if shape is PLAIN:
         record_provider_call(
@@ -105,7 +108,7 @@ def after(resource: Any, method: Method, kwargs: dict[str, Any], result: Any) ->
         except Exception as exc:
             failed(resource, method, kwargs, exc)
             return
-        if (_shapes.get(type(parsed)) or _shape_of(type(parsed))) is not RAW:
+        if (_shapes.get(parsed.__class__) or _shape_of(parsed.__class__)) is not RAW:
             after(resource, method, kwargs, parsed)
     else:  # a response not read yet (with_streaming_response): the call happened, its usage is unknown
         record_provider_call(kwargs.get("model"), provider, None, flavor=method.flavor)
