@@ -42,7 +42,7 @@ Key = tuple[int, int, int, int]
 SLACK_NS = 20_000_000  # intervals this close count as overlapping: clocks of two libraries, rounding
 MAX_CALLS = 4_096
 MAX_AGE = 300.0  # seconds between the two spans' ends, at most
-_MAX_PER_KEY = 64  # identical calls in flight at once; beyond, the oldest is forgotten
+_MAX_PER_KEY = 64  # identical calls of one library in flight at once; beyond, the oldest is forgotten
 CLIENT_SCOPE = "keito_instrument"  # the "library" of our client hooks' calls
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")  # gpt-4o-mini-2024-07-18, claude-sonnet-4-20250514
 
@@ -73,11 +73,12 @@ class Pairs:
     """Counted calls waiting for their twin from another library, bounded by count and age.
 
     Thread-safe; every operation is a few dict operations and a scan of the calls with the same
-    usage (at most `_MAX_PER_KEY`).
+    usage from the other libraries (at most `_MAX_PER_KEY` each): with one library reporting
+    (the common case) a span scans nothing.
     """
 
     def __init__(self, max_calls: int = MAX_CALLS, max_age: float = MAX_AGE, slack_ns: int = SLACK_NS) -> None:
-        self._by_key: dict[Key, list[Call]] = {}
+        self._by_key: dict[Key, dict[str, list[Call]]] = {}  # usage -> library -> its calls, oldest first
         self._order: OrderedDict[int, tuple[Key, Call]] = OrderedDict()  # id(call) -> it, oldest first
         self._lock = threading.Lock()
         self._max_calls, self._max_age, self._slack = max(1, max_calls), max_age, slack_ns
@@ -89,12 +90,15 @@ class Pairs:
         """True: count `call` (it is noted, for its twin to find); False: its twin was already
         counted (it is taken out: it pairs once)."""
         with self._lock:
-            waiting = self._by_key.get(key)
-            if waiting is not None:
-                for other in waiting:  # oldest first
-                    if call.twin_of(other, self._slack):
-                        self._drop(key, other)
-                        return False
+            scopes = self._by_key.get(key)
+            if scopes is not None:
+                for scope, waiting in scopes.items():
+                    if scope == call.scope:
+                        continue  # (one library reports a call once)
+                    for other in waiting:  # oldest first
+                        if call.twin_of(other, self._slack):
+                            self._drop(key, other)
+                            return False
             self._note(key, call)
         return True
 
@@ -111,10 +115,10 @@ class Pairs:
         self._order.clear()
 
     def _note(self, key: Key, call: Call) -> None:
-        waiting = self._by_key.setdefault(key, [])
+        waiting = self._by_key.setdefault(key, {}).setdefault(call.scope, [])
         if len(waiting) >= _MAX_PER_KEY:
             self._drop(key, waiting[0])
-            waiting = self._by_key.setdefault(key, [])
+            waiting = self._by_key.setdefault(key, {}).setdefault(call.scope, [])
         waiting.append(call)
         self._order[id(call)] = (key, call)
         now = call.born
@@ -126,11 +130,14 @@ class Pairs:
 
     def _drop(self, key: Key, call: Call) -> None:
         self._order.pop(id(call), None)
-        waiting = self._by_key.get(key)
-        if waiting is not None:
+        scopes = self._by_key.get(key)
+        waiting = scopes.get(call.scope) if scopes is not None else None
+        if scopes is not None and waiting is not None:
             waiting.remove(call)
             if not waiting:
-                del self._by_key[key]
+                del scopes[call.scope]
+                if not scopes:
+                    del self._by_key[key]
 
 
 pending = Pairs()  # process-wide, as the kernel's response ids are: both spans may reach any processor
