@@ -48,8 +48,12 @@ def _probe(model_price: Any) -> tuple[Decimal, ...] | None:
 
 
 def _dot(rates: tuple[Decimal, ...], u: ModelUsage) -> Decimal:
-    counts = (u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens, u.reasoning_tokens)
-    return sum((rate * count for rate, count in zip(rates, counts, strict=True) if count), Decimal(0))
+    total = Decimal(0)  # (summed in this order, as sum() over the same terms would)
+    for rate, count in zip(rates, (u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens,
+                                   u.reasoning_tokens), strict=True):
+        if count:
+            total += rate * count
+    return total
 
 
 _broken = False  # genai-prices' internals are not what this was written against: always ask it
@@ -72,11 +76,22 @@ def total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime
         return None
 
 
+_modules: tuple[Any, Any, Any] | None = None  # genai-prices' Usage and data_snapshot, and genai_counts
+
+
+def _loaded() -> tuple[Any, Any, Any]:
+    global _modules
+    if _modules is None:  # (imported on first use: genai-prices takes a while to load)
+        from genai_prices import Usage, data_snapshot
+
+        from ._pricing import genai_counts
+
+        _modules = (Usage, data_snapshot, genai_counts)
+    return _modules
+
+
 def _total(usage: ModelUsage, model: str, provider_id: str | None, when: datetime | None) -> Decimal | None:
-    from genai_prices import Usage, data_snapshot
-
-    from ._pricing import genai_counts
-
+    Usage, data_snapshot, genai_counts = _loaded()
     snapshot = data_snapshot.get_snapshot()
     if snapshot.from_auto_update:
         return None  # (never in keito-instrument: the updater is off) prices may change under us

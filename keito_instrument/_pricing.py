@@ -57,11 +57,17 @@ class Cost:
     basis: str  # "genai-prices 0.2.3", "custom" or "unpriced"
 
 
+_version: str | None = None
+
+
 def pricing_version() -> str:
     """The pricing library and version used, e.g. 'genai-prices 0.2.3'."""
-    import genai_prices
+    global _version
+    if _version is None:
+        import genai_prices
 
-    return f"genai-prices {genai_prices.__version__}"
+        _version = f"genai-prices {genai_prices.__version__}"
+    return _version
 
 
 def _override_cost(usage: ModelUsage, prices: Mapping[str, float]) -> Decimal:

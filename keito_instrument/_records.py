@@ -7,6 +7,7 @@ idempotency keys.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import uuid
@@ -19,12 +20,14 @@ from typing import Any
 from . import _metadata as md
 from ._config import Settings
 from ._pricing import Cost, price, pricing_version
-from ._session import SessionSnapshot, session_options
+from ._session import SessionOptions, SessionSnapshot, session_options
 from ._usage import ModelUsage, add_details
 
 TIME_ENTRIES = "/api/v2/time_entries"
 EXPENSES = "/api/v2/expenses"
 _NS = uuid.UUID("6f1c7a52-3b0e-4d7c-9a51-6b8c2e4f0d13")
+_NS_BYTES = _NS.bytes
+_MEMO_MAX = 1024  # entries kept by each of the small caches below
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,49 @@ class Built:
 
 
 def record_id(snapshot: SessionSnapshot, kind: str, key: str) -> str:
-    """Deterministic and unique per record: session id + when it opened + kind + key."""
-    return str(uuid.uuid5(_NS, f"{snapshot.session_id}|{snapshot.opened_at:.6f}|{kind}|{key}"))
+    """Deterministic and unique per record: session id + when it opened + kind + key.
+
+    `str(uuid.uuid5(_NS, name))`, computed without building a UUID object."""
+    name = f"{snapshot.session_id}|{snapshot.opened_at:.6f}|{kind}|{key}"
+    raw = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_ZONES: dict[str | None, tzinfo | None] = {}
+
+
+def zone(settings: Settings) -> tzinfo | None:
+    """`settings.tzinfo()`, looked up once per time zone name."""
+    name = settings.timezone
+    if name in _ZONES:
+        return _ZONES[name]
+    if len(_ZONES) >= _MEMO_MAX:
+        _ZONES.clear()
+    found = _ZONES[name] = settings.tzinfo()
+    return found
+
+
+_CHECKED: dict[tuple[Any, ...], SessionOptions] = {}
+
+
+def checked_options(options: SessionOptions) -> SessionOptions:
+    """`session_options(options._asdict())`, remembered for options without metadata (the same
+    values always give the same options; its warnings are once per process anyway)."""
+    if options.metadata or not isinstance(options.metadata, Mapping):
+        return session_options(options._asdict())
+    try:  # (an empty mapping checks as {}: it is left out of the key)
+        key = tuple((type(v), v) for v in options if v is not options.metadata)
+        found = _CHECKED.get(key)
+    except TypeError:  # (an unhashable value from an old journal: checked, dropped)
+        return session_options(options._asdict())
+    if found is None:
+        if len(_CHECKED) >= _MEMO_MAX:
+            _CHECKED.clear()
+        found = _CHECKED[key] = session_options(options._asdict())
+    return found
 
 
 def _start_of_next_day(day: date, tz: tzinfo | None, after: float) -> float | None:
@@ -73,12 +117,27 @@ def _start_of_next_day(day: date, tz: tzinfo | None, after: float) -> float | No
     the first wall-clock time that exists, so we step forward an hour at a time.
     """
     midnight = datetime.combine(day + timedelta(days=1), datetime.min.time())
-    for hours in range(4):
-        candidate = midnight + timedelta(hours=hours)
-        instant = (candidate.replace(tzinfo=tz) if tz else candidate.astimezone()).timestamp()
+    for instant in _next_day_starts(midnight, tz):
         if instant > after:
             return instant
     return None
+
+
+_STARTS: dict[tuple[datetime, tzinfo], tuple[float, ...]] = {}
+
+
+def _next_day_starts(midnight: datetime, tz: tzinfo | None) -> tuple[float, ...]:
+    """The instants of `midnight` and the three wall-clock hours after it, in `tz` (None: local
+    time, looked up each time: the process's zone may change)."""
+    found = _STARTS.get((midnight, tz)) if tz else None
+    if found is None:
+        found = tuple((candidate.replace(tzinfo=tz) if tz else candidate.astimezone()).timestamp()
+                      for candidate in (midnight + timedelta(hours=hours) for hours in range(4)))
+        if tz:
+            if len(_STARTS) >= _MEMO_MAX:
+                _STARTS.clear()
+            _STARTS[(midnight, tz)] = found
+    return found
 
 
 def split_by_day(intervals: tuple[tuple[float, float], ...], tz: tzinfo | None) -> dict[date, float]:
@@ -139,8 +198,10 @@ def build(
     """
     # The options as the hot path checks them (a journal written by an older version, or an
     # adapter's own SessionOptions, may hold values no record can carry: an int for notes, say).
-    snapshot = snapshot._replace(options=session_options(snapshot.options._asdict()))
-    tz = settings.tzinfo()
+    options = checked_options(snapshot.options)
+    if options is not snapshot.options:
+        snapshot = snapshot._replace(options=options)
+    tz = zone(settings)
     priced = [
         PricedUsage(u, costs[(u.model, u.provider)] if costs and (u.model, u.provider) in costs
                     else price(u, settings.price_overrides, snapshot.started_at))
@@ -206,13 +267,13 @@ def build(
             Record(rid, "time_entry", snapshot.session_id, day.isoformat(), ids["project_id"], payload)
         )
     cost_usd, unknown = _total_cost(priced)
+    billed = None if cost_usd is None else float(billed_amount(cost_usd, settings))
     if priced and snapshot.llm_calls:
         records.append(
-            _expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown)
+            _expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown, billed)
         )
     for outcome in snapshot.outcomes:
         records.append(_outcome(snapshot, settings, ids, common, user_meta, outcome, first_day))
-    billed = None if cost_usd is None else float(billed_amount(cost_usd, settings))
     session_row = {
         "session_key": record_id(snapshot, "session", ""),
         "session_id": snapshot.session_id,
@@ -271,10 +332,21 @@ def _total_cost(priced: list[PricedUsage]) -> tuple[Decimal | None, bool]:
 def billed_amount(cost_usd: Decimal, settings: Settings) -> Decimal:
     """The amount billed for a USD cost, in the workspace's currency: times `exchange_rate` (for a
     currency other than USD) and the `cost_multiplier` markup, rounded to `cost_decimals`."""
-    quantum = Decimal(1).scaleb(-settings.cost_decimals)
-    rate = Decimal(str(settings.exchange_rate)) if settings.currency != "USD" and settings.exchange_rate else 1
-    amount = cost_usd * rate * Decimal(str(settings.cost_multiplier))
+    key = tuple((type(v), v) for v in (settings.cost_decimals, settings.currency, settings.exchange_rate,
+                                       settings.cost_multiplier))
+    found = _BILLING.get(key)
+    if found is None:
+        quantum = Decimal(1).scaleb(-settings.cost_decimals)
+        rate = Decimal(str(settings.exchange_rate)) if settings.currency != "USD" and settings.exchange_rate else 1
+        if len(_BILLING) >= _MEMO_MAX:
+            _BILLING.clear()
+        found = _BILLING[key] = (quantum, rate, Decimal(str(settings.cost_multiplier)))
+    quantum, rate, multiplier = found
+    amount = cost_usd * rate * multiplier
     return amount.quantize(quantum, rounding=ROUND_HALF_UP)
+
+
+_BILLING: dict[tuple[Any, ...], tuple[Decimal, Decimal | int, Decimal]] = {}
 
 
 def _detail_totals(priced: list[PricedUsage], cache_writes: int) -> dict[str, int]:
@@ -307,6 +379,7 @@ def _expense(
     day: date,
     cost_usd: Decimal | None,
     unknown: bool,
+    billed: float | None,
 ) -> Record:
     rid = record_id(snapshot, "expense", "llm")
     totals = {
@@ -360,11 +433,11 @@ def _expense(
         "expense_category_id": ids["expense_category_id"],
         "spent_date": day.isoformat(),
     }
-    if unknown or settings.expense_mode == "units" or cost_usd is None:
+    if unknown or settings.expense_mode == "units" or cost_usd is None or billed is None:
         thousands = Decimal(totals["input_tokens"] + totals["output_tokens"]) / 1000
         payload["units"] = max(1, int(thousands.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
     else:
-        payload["total_cost"] = float(billed_amount(cost_usd, settings))
+        payload["total_cost"] = billed
     payload.update(
         notes=md.truncate(token_notes(priced)),
         billable=bool(ids["billable"]),
@@ -383,7 +456,7 @@ def _outcome(
     outcome: Any,
     first_day: date,
 ) -> Record:
-    tz = settings.tzinfo()
+    tz = zone(settings)
     day = (
         datetime.fromtimestamp(outcome.logged_at, tz).astimezone(tz).date()
         if outcome.logged_at

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -761,3 +762,14 @@ def test_payload_json_is_what_encodable_then_dumps_gives(value: dict[str, Any]) 
 
     old = json.dumps(encodable(value, "payload"), separators=(",", ":"), allow_nan=False, default=str)
     assert strict_json(value, "payload") == old
+
+
+@pytest.mark.parametrize("session_id", ["basic", "ünïcode-😀", "a|b|c", "", "x" * 500])
+@pytest.mark.parametrize("opened_at", [0.0, 1741584500.123456, 1e10 + 0.5])
+def test_record_ids_are_uuid5_of_the_session_its_opening_kind_and_key(session_id: str, opened_at: float) -> None:
+    from keito_instrument._records import record_id
+
+    snapshot = SimpleNamespace(session_id=session_id, opened_at=opened_at)
+    for kind, key in (("time_entry", "2025-03-10"), ("expense", "llm"), ("outcome", "3"), ("session", "")):
+        name = f"{session_id}|{opened_at:.6f}|{kind}|{key}"
+        assert record_id(snapshot, kind, key) == str(uuid.uuid5(_NS, name))  # type: ignore[arg-type]
