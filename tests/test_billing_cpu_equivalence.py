@@ -773,3 +773,35 @@ def test_record_ids_are_uuid5_of_the_session_its_opening_kind_and_key(session_id
     for kind, key in (("time_entry", "2025-03-10"), ("expense", "llm"), ("outcome", "3"), ("session", "")):
         name = f"{session_id}|{opened_at:.6f}|{kind}|{key}"
         assert record_id(snapshot, kind, key) == str(uuid.uuid5(_NS, name))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'["c","s","i","r",1741584500.25,"gpt-4o","openai",1,2,0,0,0,0,0,null,null]',
+        b'["x","s","i","r",1.0,{"quantity":NaN,"description":"bad \\ud800 text"}]',
+        b'["o","s","i","r",1.0,"runs",{"metadata":{"k":"\xc3\xa9\xf0\x9f\x98\x80"}}]',
+        b' ["n","s","i","r",1.0,1,0]',
+        b'["n","s","i","r",1.0,1,0] ',
+        b'["n","s","i","r",1.0,1,0]\r',
+        b'\xef\xbb\xbf["n","s","i","r",1.0,1,0]',
+        b'["n","s","i","r",1.0,1,0]]',
+        b'["n","s","i","r",1.0,1,0][1]',
+        b'["n","s","i","r",1.0,1,\xff]',
+        b'["n","s","i","r",1.0,1',
+        b'["too","short"]',
+        b'{"kind":"c"}',
+        b"[]",
+        b"[",
+        b"",
+    ],
+)
+def test_a_journal_line_parses_as_json_loads_reads_it(line: bytes) -> None:
+    try:
+        expected = json.loads(line)
+    except ValueError:
+        expected = None
+    if not isinstance(expected, list) or len(expected) < 5:
+        expected = None
+    parsed = fold._parse(line)
+    assert json.dumps(parsed) == json.dumps(expected)  # (NaN compares unequal to itself)

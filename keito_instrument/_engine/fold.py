@@ -10,6 +10,7 @@ Any process may fold any segment: the offsets serialise them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ class _Batch:
     def __init__(self, conn: sqlite3.Connection, settings: Settings) -> None:
         self.conn, self.settings = conn, settings
         self.rows: dict[str, LiveSession] = {}
+        self.stored: set[str] = set()  # the sessions read from the ledger's `live` table (their keys)
         self.named: dict[str, dict[str, Any]] = {}
         self.named_end = False  # a conversation was ended explicitly in this fold
 
@@ -70,6 +72,7 @@ class _Batch:
         found = self.conn.execute("SELECT state FROM live WHERE key = ?", (key,)).fetchone()
         if found is not None:
             live = LiveSession.loads(found[0])
+            self.stored.add(live.key)
         else:
             live = LiveSession(key, sid, ident, mode)
             if mode == "i":  # a conversation continued after an earlier part was billed
@@ -128,9 +131,21 @@ def _read_lines(path: str, offset: int) -> tuple[list[bytes], int, bool]:
     return data[:end].splitlines(), offset + end, at_eof and end == len(data)
 
 
+# json.loads without its wrappers (for the lines the host writes): the decoder's own scanner.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def _parse(line: bytes) -> list[Any] | None:
     try:
-        event = json.loads(line)
+        event = None
+        if line[:1] == b"[":  # (so no byte-order mark: UTF-8, as json.loads would decode it)
+            with contextlib.suppress(ValueError, StopIteration):
+                text = line.decode("utf-8", "surrogatepass")
+                found, end = _scan(text, 0)
+                if end == len(text):
+                    event = found
+        if event is None:  # anything else (spaces around it, not JSON at all): as json.loads reads it
+            event = json.loads(line)
     except ValueError:
         _log.warning("keito-instrument: skipping an unreadable journal line (%d bytes)", len(line))
         return None
@@ -182,7 +197,8 @@ def fold(
         for live in batch.rows.values():
             reason = _end_reason(live, settings, now, alive)
             if reason is not None:
-                conn.execute("DELETE FROM live WHERE key = ?", (live.key,))
+                if live.key in batch.stored:  # (a row this fold opened was never written)
+                    conn.execute("DELETE FROM live WHERE key = ?", (live.key,))
                 one = _bill_one(conn, live, reason, settings, hours, rollups, state)
                 if one is not None:
                     built.append(one)
@@ -196,6 +212,7 @@ def fold(
         for one in rollups.close_due(now):
             insert_built(conn, one, state)
             built.append(one)
+        hours.save()
         for sid, opts in batch.named.items():
             conn.execute("INSERT OR REPLACE INTO named (session_id, options, updated_at) VALUES (?,?,?)",
                          (sid, json.dumps(opts, default=str), now))
@@ -249,7 +266,8 @@ def _load_due(conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
         "SELECT key, state FROM live WHERE due_at <= ? ORDER BY due_at LIMIT ?", (now, MAX_DUE)
     ).fetchall():
         if key not in batch.rows:
-            batch.rows[key] = LiveSession.loads(text)
+            live = batch.rows[key] = LiveSession.loads(text)
+            batch.stored.add(live.key)
 
 
 def _end_reason(
@@ -293,6 +311,7 @@ def _bill_one(conn: sqlite3.Connection, live: LiveSession, reason: str, settings
     or written (a bug, or a value SQLite refuses) becomes one dead letter holding its state and
     the reason, visible in `status`, instead of failing the fold of every other session."""
     conn.execute("SAVEPOINT bill_one")
+    mark = hours.mark()
     try:
         one = _bill(live, reason, settings, hours, rollups)
         if one is not None:
@@ -303,6 +322,7 @@ def _bill_one(conn: sqlite3.Connection, live: LiveSession, reason: str, settings
         raise  # the ledger itself (locked, full): the whole fold is retried
     except Exception as exc:
         conn.execute("ROLLBACK TO bill_one")
+        hours.undo(mark)
         _unbillable(conn, live, exc)
         one = None
     conn.execute("RELEASE bill_one")
