@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
@@ -24,6 +24,7 @@ from ._session import SessionOptions, SessionSnapshot, session_options
 from ._usage import ModelUsage, add_details
 
 TIME_ENTRIES = "/api/v2/time_entries"
+KINDS = ("time_entry", "expense", "outcome")  # the kinds of record an ended session yields
 EXPENSES = "/api/v2/expenses"
 _NS = uuid.UUID("6f1c7a52-3b0e-4d7c-9a51-6b8c2e4f0d13")
 _NS_BYTES = _NS.bytes
@@ -188,13 +189,16 @@ def build(
     settings: Settings,
     costs: Mapping[tuple[str, str | None], Cost] | None = None,
     carry: HoursCarry | None = None,
+    kinds: Collection[str] = KINDS,
 ) -> Built:
     """All records of an ended session (see DESIGN.md, "Records sent to Keito").
 
     `costs`: each model's cost, already priced call by call (the billing engine's); without it the
     session's per-model totals are priced here. `carry(key, day, seconds)`: the hours to bill for
     that many more seconds of (agent, project, task) on that day, rounding the day's running total
-    once (the engine's ledger-backed carry); without it each entry is rounded alone.
+    once (the engine's ledger-backed carry); without it each entry is rounded alone. `kinds`: the
+    kinds of record to build (a rolled-up session sends only its outcomes); the report rows are
+    the same whatever they are.
     """
     # The options as the hot path checks them (a journal written by an older version, or an
     # adapter's own SessionOptions, may hold values no record can carry: an int for notes, say).
@@ -234,7 +238,7 @@ def build(
     total_in = sum(p.usage.input_tokens for p in priced)
     total_out = sum(p.usage.output_tokens for p in priced)
     primary = priced[0].usage.model if priced else None
-    for index, day in enumerate(sorted(days)):
+    for index, day in enumerate(sorted(days) if "time_entry" in kinds else ()):
         rid = record_id(snapshot, "time_entry", day.isoformat())
         core = {
             **common,
@@ -268,11 +272,11 @@ def build(
         )
     cost_usd, unknown = _total_cost(priced)
     billed = None if cost_usd is None else float(billed_amount(cost_usd, settings))
-    if priced and snapshot.llm_calls:
+    if priced and snapshot.llm_calls and "expense" in kinds:
         records.append(
             _expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown, billed)
         )
-    for outcome in snapshot.outcomes:
+    for outcome in snapshot.outcomes if "outcome" in kinds else ():
         records.append(_outcome(snapshot, settings, ids, common, user_meta, outcome, first_day))
     session_row = {
         "session_key": record_id(snapshot, "session", ""),

@@ -353,6 +353,6 @@ def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger
     # Rolled up: the session's time and cost go to its periods' rows; only its outcomes are
     # sent now, and its report row shows its exact hours (the roll-up entry is rounded once).
     rollups.add(snapshot, costs)
-    one = build(snapshot, settings, costs=costs)
+    one = build(snapshot, settings, costs=costs, kinds=("outcome",))
     row = {**one.session_row, "hours": round(snapshot.active_seconds / 3600, 6) if snapshot.had_runs else 0.0}
-    return Built([r for r in one.records if r.kind == "outcome"], row, one.usage_rows)
+    return Built(one.records, row, one.usage_rows)

@@ -24,7 +24,7 @@ from typing import Any
 from .. import _metadata as md
 from .._config import Settings
 from .._pricing import Cost
-from .._records import Built, Record, build, record_id
+from .._records import Built, Record, build, record_id, zone
 from .._session import SessionOptions, SessionSnapshot
 from .._usage import ModelUsage, add_details
 from .hours import HoursLedger
@@ -89,11 +89,25 @@ class Rollups:
         self.conn, self.settings, self.hours = conn, settings, hours
         self.granularity = settings.granularity
         self.rows: dict[str, dict[str, Any]] = {}
+        self._keys: dict[tuple[Any, ...], str] = {}
+
+    def _key(self, label: str, ids: dict[str, Any]) -> str:
+        values = (label, *(ids[n] for n in _IDS))
+        marked: tuple[Any, ...] | None = tuple((type(v), v) for v in values)
+        try:
+            found = self._keys.get(marked)  # type: ignore[arg-type]
+        except TypeError:  # (an id that is not hashable)
+            found, marked = None, None
+        if found is None:
+            ident = json.dumps([self.granularity, *values], default=str)
+            found = hashlib.blake2b(ident.encode(), digest_size=10).hexdigest()  # (CPython's own, not OpenSSL's)
+            if marked is not None:
+                self._keys[marked] = found
+        return found
 
     def _row(self, ids: dict[str, Any], period: tuple[str, float, float], framework: str) -> dict[str, Any]:
         label, start, end = period
-        ident = json.dumps([self.granularity, label, *(ids[n] for n in _IDS)], default=str)
-        key = hashlib.blake2b(ident.encode(), digest_size=10).hexdigest()  # (CPython's own, not OpenSSL's)
+        key = self._key(label, ids)
         row = self.rows.get(key)
         if row is None:
             found = self.conn.execute("SELECT state FROM rollups WHERE key = ?", (key,)).fetchone()
@@ -109,7 +123,7 @@ class Rollups:
 
     def add(self, snapshot: SessionSnapshot, costs: Mapping[tuple[str, str | None], Cost]) -> None:
         """Add one ended session to its periods' rows."""
-        tz = self.settings.tzinfo()
+        tz = zone(self.settings)
         ids = _ids(snapshot, self.settings)
         framework = snapshot.options.framework or "python"
         if snapshot.had_runs:
@@ -181,7 +195,7 @@ class Rollups:
 
     def _time_entries(self, row: dict[str, Any], snapshot: SessionSnapshot, rollup_id: str) -> list[Record]:
         ids, seconds = row["ids"], float(row["seconds"])
-        day = datetime.fromtimestamp(row["start"], self.settings.tzinfo()).date().isoformat()
+        day = datetime.fromtimestamp(row["start"], zone(self.settings)).date().isoformat()
         parts = []
         left = seconds
         while left > 1e-9:
