@@ -52,6 +52,13 @@ def fit(
     `required` keys (the ids) are never dropped. Later tiers are dropped before earlier ones, and
     within a tier the last key goes first. When anything is dropped, `metadata_truncated` says so.
     """
+    return fit_json(required, *tiers, limit=limit)[0]
+
+
+def fit_json(
+    required: Mapping[str, Any], *tiers: Mapping[str, Any], limit: int = METADATA_LIMIT
+) -> tuple[dict[str, Any], str]:
+    """`fit()`, and the compact JSON (`dumps`) of what it returns: the text it measured."""
     merged: dict[str, Any] = dict(required)
     for tier in tiers:
         for key, value in tier.items():
@@ -62,8 +69,9 @@ def fit(
                 merged[key] = value
             else:
                 merged[key] = value if key in STRUCTURED and isinstance(value, dict) else flat_value(value)
-    if size(merged) <= limit:
-        return merged
+    text = dumps(merged)
+    if (len(text) if text.isascii() else len(text.encode("utf-8"))) <= limit:
+        return merged, text
     owner: dict[str, int] = {}
     for index, tier in enumerate(tiers):
         for key in tier:
@@ -77,7 +85,7 @@ def fit(
         for key, value in merged.items():
             if isinstance(value, str) and len(value) > 200:
                 merged[key] = value[:200]
-    return merged
+    return merged, dumps(merged)
 
 
 MAX_DEPTH = 8  # levels of nesting kept in user metadata (deeper is cut: JSON encoders recurse)
@@ -199,3 +207,22 @@ def strict_json(value: Any, where: str = "payload") -> str:
     if text is None or "\\ud" in text:
         text = json.dumps(encodable(value, where), separators=(",", ":"), allow_nan=False, default=str)
     return text
+
+
+def payload_json(payload: dict[str, Any], where: str = "payload", metadata_json: str | None = None) -> str:
+    """`strict_json(payload, where)`, without encoding the metadata a second time.
+
+    `metadata_json`: `payload["metadata"]` as `fit_json` encoded it (its last key). Where that text
+    is what strict JSON writes too (ASCII only, so nothing is escaped differently; no NaN or
+    Infinity), it is joined to the rest of the payload as it is."""
+    if (metadata_json is not None and metadata_json.isascii() and "\x7f" not in metadata_json
+            and "NaN" not in metadata_json and "Infinity" not in metadata_json
+            and payload and next(reversed(payload)) == "metadata"):
+        head = {key: value for key, value in payload.items() if key != "metadata"}
+        try:
+            text = _STRICT(head)
+        except (ValueError, TypeError):
+            text = None
+        if text is not None and "\\ud" not in text:
+            return f"{text[:-1]}{',' if head else ''}\"metadata\":{metadata_json}}}"
+    return strict_json(payload, where)

@@ -12,7 +12,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -41,6 +41,9 @@ class Record:
     spent_date: str
     project_id: str | None
     payload: dict[str, Any]
+    # payload["metadata"] as compact JSON, as it was measured (see _metadata.payload_json): a
+    # payload is not changed once built.
+    metadata_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def path(self) -> str:
@@ -257,6 +260,7 @@ def build(
         if days[day] > 24 * 3600:
             core["duration_capped"] = True
         notes = snapshot.options.notes or _time_notes(snapshot, ids["agent_id"])
+        metadata, metadata_json = md.fit_json({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta)
         payload = {
             "project_id": ids["project_id"],
             "task_id": ids["task_id"],
@@ -265,10 +269,10 @@ def build(
             "notes": md.truncate(notes),
             "billable": bool(ids["billable"]),
             "source": "agent",
-            "metadata": md.fit({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta),
+            "metadata": metadata,
         }
         records.append(
-            Record(rid, "time_entry", snapshot.session_id, day.isoformat(), ids["project_id"], payload)
+            Record(rid, "time_entry", snapshot.session_id, day.isoformat(), ids["project_id"], payload, metadata_json)
         )
     cost_usd, unknown = _total_cost(priced)
     billed = None if cost_usd is None else float(billed_amount(cost_usd, settings))
@@ -442,13 +446,12 @@ def _expense(
         payload["units"] = max(1, int(thousands.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
     else:
         payload["total_cost"] = billed
-    payload.update(
-        notes=md.truncate(token_notes(priced)),
-        billable=bool(ids["billable"]),
-        source="agent",
-        metadata=md.fit({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta, breakdown),
+    metadata, metadata_json = md.fit_json(
+        {"session_id": snapshot.session_id, "record_id": rid}, core, user_meta, breakdown
     )
-    return Record(rid, "expense", snapshot.session_id, day.isoformat(), ids["project_id"], payload)
+    payload.update(notes=md.truncate(token_notes(priced)), billable=bool(ids["billable"]), source="agent",
+                   metadata=metadata)
+    return Record(rid, "expense", snapshot.session_id, day.isoformat(), ids["project_id"], payload, metadata_json)
 
 
 def _outcome(
@@ -477,6 +480,9 @@ def _outcome(
         core["outcome_unit_price"] = outcome.unit_price
     if outcome.evidence:
         core["outcome_evidence"] = dict(outcome.evidence)  # an object, as the SDK's outcomes.log sends it
+    metadata, metadata_json = md.fit_json(
+        {"session_id": snapshot.session_id, "record_id": rid}, core, dict(outcome.metadata), user_meta
+    )
     payload = {
         "project_id": ids["project_id"],
         "task_id": ids["task_id"],
@@ -485,8 +491,6 @@ def _outcome(
         "notes": md.truncate(outcome.description or outcome.outcome_type),
         "billable": bool(ids["billable"]),
         "source": "agent",
-        "metadata": md.fit(
-            {"session_id": snapshot.session_id, "record_id": rid}, core, dict(outcome.metadata), user_meta
-        ),
+        "metadata": metadata,
     }
-    return Record(rid, "outcome", snapshot.session_id, day.isoformat(), ids["project_id"], payload)
+    return Record(rid, "outcome", snapshot.session_id, day.isoformat(), ids["project_id"], payload, metadata_json)

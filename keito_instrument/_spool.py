@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._metadata import strict_json
+from ._metadata import payload_json
 from ._records import Built
 
 SCHEMA = """
@@ -134,7 +134,7 @@ def insert_built(conn: sqlite3.Connection, built: Built, state: str) -> None:
         " payload, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
         [
             (r.record_id, r.kind, r.session_id, r.spent_date, r.project_id, r.path,
-             strict_json(r.payload, r.kind),
+             payload_json(r.payload, r.kind, r.metadata_json),
              state, now, now)
             for r in built.records
         ],

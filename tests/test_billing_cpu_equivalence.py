@@ -805,3 +805,31 @@ def test_a_journal_line_parses_as_json_loads_reads_it(line: bytes) -> None:
         expected = None
     parsed = fold._parse(line)
     assert json.dumps(parsed) == json.dumps(expected)  # (NaN compares unequal to itself)
+
+
+@pytest.mark.parametrize(
+    "tiers",
+    [
+        ({"framework": "python", "cost_usd": 0.00036, "llm_calls": 1, "billable": True}, {"env": "ci"}),
+        ({"notes": "emoji 😀 é", "n": 1}, {}),
+        ({"quantity": math.nan, "price": math.inf}, {"text": "NaN and Infinity as words"}),
+        ({"outcome_evidence": {"ticket": "T-1", "links": ["a", "b"], "deep": {"x": 1.5}}}, {"k": "del \x7f"}),
+        ({"control": "tab\tnew\nline\x01", "quote": 'say "hi" \\ back'}, {}),
+        ({"lone": "bad \ud800"}, {}),
+        ({f"key_{n}": "x" * 100 for n in range(60)}, {"user": "y" * 300}),  # over the limit: truncated
+    ],
+)
+def test_a_payload_joined_to_its_measured_metadata_is_its_strict_json(tiers: tuple[dict[str, Any], ...]) -> None:
+    from keito_instrument._metadata import fit, fit_json, payload_json, strict_json
+
+    try:
+        metadata, text = fit_json({"session_id": "s", "record_id": "r"}, *tiers)
+    except UnicodeEncodeError:  # (a lone surrogate cannot be measured: that session is a dead letter)
+        with pytest.raises(UnicodeEncodeError):
+            fit({"session_id": "s", "record_id": "r"}, *tiers)
+        return
+    assert metadata == fit({"session_id": "s", "record_id": "r"}, *tiers)
+    assert text == json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, default=str)
+    for head in ({"project_id": "p", "hours": 0.25, "notes": "n"}, {"hours": math.nan}, {"notes": "é \ud800"}, {}):
+        payload = {**head, "metadata": metadata}
+        assert payload_json(payload, "payload", text) == strict_json(payload, "payload")

@@ -217,10 +217,12 @@ class Rollups:
                 core.update(part=index + 1, parts=len(parts))
             notes = (f"{who} {row['granularity']} roll-up {row['period']}: {row['sessions']} sessions, "
                      f"{row['llm_calls']} LLM calls, {row['tool_calls']} tool calls")
+            metadata, metadata_json = md.fit_json({"session_id": rollup_id, "record_id": rid}, core,
+                                                  self.settings.metadata)
             payload = {
                 "project_id": ids["project_id"], "task_id": ids["task_id"], "spent_date": day,
                 "hours": hours, "notes": md.truncate(notes), "billable": bool(ids["billable"]), "source": "agent",
-                "metadata": md.fit({"session_id": rollup_id, "record_id": rid}, core, self.settings.metadata),
+                "metadata": metadata,
             }
-            records.append(Record(rid, "time_entry", rollup_id, day, ids["project_id"], payload))
+            records.append(Record(rid, "time_entry", rollup_id, day, ids["project_id"], payload, metadata_json))
         return records
