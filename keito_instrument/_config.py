@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import _forksafe
+
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
@@ -472,8 +474,7 @@ def _reset_lock_in_child() -> None:
     _lock = threading.Lock()  # a parent thread may have held it at fork time
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_lock_in_child)
+_forksafe.in_child(_reset_lock_in_child)
 
 
 def on_change(listener: Any) -> None:
@@ -507,6 +508,14 @@ def configure(**settings: Any) -> Settings:
         _install(Settings(**merged))
         assert _settings is not None
         result = _settings
+    if not result.disabled:
+        # configure() is where most users set us up: the warm-up starts here (a background
+        # thread: the first session then costs the host's thread no more than the next).
+        from . import _pipeline
+        from ._guard import guard
+
+        with guard("warm-up"):
+            _pipeline.warm_up()
     return result
 
 

@@ -16,7 +16,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 WAIT = 2.0  # seconds a fork waits for a section to finish; never blocks the host for longer
@@ -31,6 +31,49 @@ def section() -> Iterator[None]:
         yield
 
 
+# Every after-fork-in-child reset of the package, in registration order: run by os.fork()'s hook,
+# and by `check_pid()` in a child forked without Python's hooks (uWSGI's default prefork without
+# `py-call-osafterfork`, a C extension's fork()), where none of them ran.
+_children: list[Callable[[], None]] = []
+_pid = os.getpid()
+# True in a process forked without Python's hooks: the threading module's own state is the
+# parent's there (a lock one of its threads held at the fork stays held), so starting a thread
+# may hang; none of ours is started (see `check_pid`).
+unhooked = False
+
+
+def in_child(reset: Callable[[], None]) -> None:
+    """Run `reset()` in every forked child, hooked or not (see `check_pid`)."""
+    _children.append(reset)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=reset)
+
+
+def check_pid() -> None:
+    """Where a session begins: in a process forked without Python's at-fork hooks (the pid
+    changed and they did not note it: uWSGI without `py-call-osafterfork`, a C extension's
+    fork()), run the resets now, so that the child journals into segments of its own (never into
+    its parent's mapping) and never repeats its session ids. No thread of ours is started in such
+    a process (the threading module's state is its parent's: a thread start may hang): its
+    sessions are journalled durably and billed by the next process that folds the ledger once it
+    has exited, or by `keito-instrument sync`; a warning says so once."""
+    global _pid, unhooked
+    pid = os.getpid()
+    if pid == _pid:
+        return
+    _pid, unhooked = pid, True
+    for reset in list(_children):
+        with contextlib.suppress(Exception):
+            reset()
+    import logging
+
+    logging.getLogger("keito_instrument").warning(
+        "keito-instrument: this process was forked without Python's at-fork hooks (uWSGI without "
+        "py-call-osafterfork?); its sessions are journalled, but billed only once it has exited (by "
+        "the next process sharing the ledger, or `keito-instrument sync`). Set py-call-osafterfork "
+        "(or lazy-apps) to bill them as they end")
+
+
 def reset_in_child(owner: Any) -> None:
     """Call `owner._after_fork_in_child()` in every forked child while `owner` lives (the hook
     holds it weakly, so it never keeps it alive)."""
@@ -41,8 +84,7 @@ def reset_in_child(owner: Any) -> None:
         if target is not None:
             target._after_fork_in_child()
 
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=child)
+    in_child(child)
 
 
 def _before_fork() -> None:
@@ -58,11 +100,12 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _held
+    global _lock, _held, _pid
     _lock, _held = threading.RLock(), False
+    if not unhooked:  # (run by os.fork()'s hook: a proper child; by check_pid: it set the pid)
+        _pid = os.getpid()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-    )
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+in_child(_after_fork_in_child)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
+
+from . import _forksafe
 
 _log = logging.getLogger("keito_instrument")
 _log.addHandler(logging.NullHandler())
@@ -31,8 +32,7 @@ def _reset_lock_in_child() -> None:
     _seen_lock = threading.Lock()  # a parent thread may have held it at fork time
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_lock_in_child)
+_forksafe.in_child(_reset_lock_in_child)
 
 
 def report(kind: str, exc: BaseException) -> None:

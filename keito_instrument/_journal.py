@@ -35,10 +35,16 @@ import time
 from collections import deque
 from typing import Any
 
+from . import _forksafe
+
 _log = logging.getLogger("keito_instrument")
 
 MAX_MEMORY_LINES = 100_000
 SEGMENT_BYTES = 1 << 20  # the size of a mapped segment (zeros written up front: ~0.3 ms, once)
+# A mapped segment has its own suffix: a reader that predates mapped segments (another process
+# sharing the ledger during a rolling upgrade) would not stop at their zeros, so it never sees one.
+MAPPED_SUFFIX, PLAIN_SUFFIX = ".jmap", ".jsonl"
+SUFFIXES = (MAPPED_SUFFIX, PLAIN_SUFFIX)
 MAPPED = os.environ.get("KEITO_JOURNAL_MMAP", "1") != "0"  # (0: plain write() segments)
 ROTATE_BYTES = 4 * 1024 * 1024  # a plain segment's size past which the worker starts the next one
 _ZEROS = bytes(64 * 1024)
@@ -69,6 +75,7 @@ class Journal:
         self.mapped = MAPPED
         self.mm: mmap.mmap | None = None  # the current segment's mapping (None: a plain segment)
         self.pos = 0  # bytes appended to the mapped segment
+        self.suffix = MAPPED_SUFFIX if self.mapped else PLAIN_SUFFIX  # the current segment's
         self._put_lock = threading.Lock()  # held for one copy into the mapping: never across I/O
         self._lock_fd = -1
         self._open_lock = threading.Lock()
@@ -80,52 +87,78 @@ class Journal:
         self.wake = WAKE
 
     # -- segments --------------------------------------------------------------------------------
-    def segment_path(self, seq: int) -> str:
-        """The path of one of this owner's segments."""
-        return os.path.join(self.dir, f"{self.owner}.{seq:06d}.jsonl")
+    def segment_path(self, seq: int, suffix: str | None = None) -> str:
+        """The path of one of this owner's segments (by default with the current segment's
+        suffix: `.jmap` for a mapped one, `.jsonl` for a plain one)."""
+        return os.path.join(self.dir, f"{self.owner}.{seq:06d}{suffix or self.suffix}")
 
     def _open(self, room: int = 0) -> int:
+        """Open a first segment (or the next, after a failed rotation); the current fd."""
         with self._open_lock:
-            if self.fd >= 0 or self.failed:
-                return self.fd
-            try:
-                os.makedirs(self.dir, exist_ok=True)
-                if self._lock_fd < 0:
-                    self._lock_fd = _hold_lock(os.path.join(self.dir, f"{self.owner}.lock"))
-                self.seq += 1
-                if self.mapped:
-                    fd, mm = _mapped_segment(self.segment_path(self.seq), max(SEGMENT_BYTES, room))
-                    if mm is not None:
-                        with self._put_lock:
-                            self.mm, self.pos = mm, 0
-                        self.fd = fd
-                        return fd
-                    self.seq += 1  # (a fresh name: never append after a failed segment's zeros)
-                self.fd = os.open(self.segment_path(self.seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            except OSError as exc:
-                self.failed = True
-                _log.error("keito-instrument: cannot write the journal in %s (%s); sessions are billed "
-                           "from memory and are not crash-safe", self.dir, exc)
+            if self.fd < 0 and not self.failed:
+                self._start_segment(room)
             return self.fd
 
     def rotate(self, room: int = 0) -> int:
-        """Start a new segment (the billing worker does this once the current one is folded, and a
-        host thread when a mapped segment is full). Returns the sequence number of the segment
-        that was current."""
+        """Start a new segment (the billing worker does this once the current one is folded).
+        The new segment is made before it replaces the current one, which takes appends until
+        then. Returns the sequence number of the segment that was current."""
         with self._open_lock:
-            old, self.fd = self.fd, -1
             previous = self.seq
-            with self._put_lock:  # no copy into the old mapping can start after this
-                old_mm, self.mm = self.mm, None
-        self._open(room)
+            self._start_segment(room)
+            return previous
+
+    def _rotate_with(self, data: bytes, full: mmap.mmap | None) -> bool:
+        # A host thread found no room (`full`: the mapping it found full, None before the first
+        # segment): unless another thread has moved on already and the new segment has room,
+        # start the next one with `data` copied in as its first lines, in the same step as the
+        # swap, so that other threads cannot fill it first. False: `data` is not written (a
+        # plain segment now, or none could be made).
+        with self._open_lock:
+            if self.failed:
+                return False
+            if (self.mm is not full or full is None) and self.fd >= 0 and self._put(data):
+                return True
+            if self.fd >= 0 and self.mm is None:
+                return False  # a plain segment: the caller writes
+            return self._start_segment(len(data), data)
+
+    def _start_segment(self, room: int, first: bytes | None = None) -> bool:
+        # (under _open_lock) Make the next segment, then swap it in under the copy lock (with
+        # `first` copied in): no copy into the old mapping starts after the swap, so it closes at
+        # once; an old plain descriptor may still be in a host thread's write(): the worker folds
+        # old segments again before deleting them, and it is closed later. True: `first` written.
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            if self._lock_fd < 0:
+                self._lock_fd = _hold_lock(os.path.join(self.dir, f"{self.owner}.lock"))
+            seq, fd, mm = self.seq + 1, -1, None
+            if self.mapped and _mappable(self.dir):
+                fd, mm = _mapped_segment(self.segment_path(seq, MAPPED_SUFFIX), max(SEGMENT_BYTES, room))
+            if mm is None:
+                fd = os.open(self.segment_path(seq, PLAIN_SUFFIX), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if self.fd < 0:
+                self.failed = True
+                _log.error("keito-instrument: cannot write the journal in %s (%s); sessions are billed "
+                           "from memory and are not crash-safe", self.dir, exc)
+            return False
+        written = False
+        with self._put_lock:
+            old_fd, old_mm = self.fd, self.mm
+            self.fd, self.mm, self.pos, self.seq = fd, mm, 0, seq
+            self.suffix = PLAIN_SUFFIX if mm is None else MAPPED_SUFFIX
+            if mm is not None and first is not None and len(first) <= len(mm):
+                mm[: len(first)] = first
+                self.pos, written = len(first), True
         if old_mm is not None:
             with contextlib.suppress(Exception):
                 old_mm.close()
-        if old >= 0:
-            # A host thread that read the old descriptor just before the swap may still be
-            # writing to it; the worker folds old segments again before deleting them.
-            _close_later(old)
-        return previous
+            with contextlib.suppress(OSError):
+                os.close(old_fd)
+        elif old_fd >= 0:
+            _close_later(old_fd)
+        return written
 
     def should_rotate(self) -> bool:
         """Whether the current segment is big enough for the worker to start the next one (once
@@ -170,12 +203,8 @@ class Journal:
 
     def _append_slow(self, data: bytes) -> None:
         # No mapped segment with room: start one (the first append, or a full segment), else
-        # write() to a plain segment, else keep the lines in memory.
-        if self.mm is not None:
-            self.rotate(len(data))
-        elif self.fd < 0:
-            self._open(len(data))
-        if self._put(data):
+        # write() to a plain segment, else (the journal cannot be written) keep it in memory.
+        if self._rotate_with(data, self.mm):
             return
         fd = self.fd
         if fd >= 0 and self.mm is None:
@@ -236,6 +265,41 @@ class Journal:
                     os.close(fd)  # the parent's flock stays: it is held by the parent's open file
         self.__init__(self.ledger_path)  # type: ignore[misc]
         self.wake = WAKE  # (the child's, set up by the fork hook)
+
+
+# File systems that write a file's pages in place, so that a copy into a mapped page whose
+# blocks were written up front never needs new disk space: on copy-on-write ones (btrfs, ZFS,
+# APFS, bcachefs) a page fault on a full disk is a SIGBUS, which would kill the host. There, and
+# wherever the type cannot be told, segments are plain files written with write().
+_IN_PLACE = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs", "overlay"})
+_mappable_dirs: dict[str, bool] = {}
+
+
+def _mappable(directory: str) -> bool:
+    """Whether segments in `directory` may be mapped (its file system writes in place)."""
+    found = _mappable_dirs.get(directory)
+    if found is None:
+        found = _mappable_dirs[directory] = _fs_type(directory) in _IN_PLACE
+    return found
+
+
+def _fs_type(directory: str) -> str:
+    """The type of the file system holding `directory` ("" when it cannot be told)."""
+    try:
+        path = os.path.realpath(directory)
+        best, kind = "", ""
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fields[2]
+        return kind
+    except OSError:
+        return ""
 
 
 def _mapped_segment(path: str, size: int) -> tuple[int, mmap.mmap | None]:
@@ -331,5 +395,4 @@ def _after_fork_in_child() -> None:
         journal.forget_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_forksafe.in_child(_after_fork_in_child)

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import _forksafe  # noqa: F401  (its fork hook must exist before any thread starts)
-from ._config import Settings, get_settings, on_change
+from . import _forksafe
+from ._config import get_settings
 from ._guard import guard
 from ._registry import Registry, make_registry
 from ._session import Session, SessionOptions, SessionSnapshot
@@ -135,6 +135,8 @@ def warm_up() -> None:
     global _warmed
     if _warmed:  # the common case: no lock at all
         return
+    if get_settings().disabled or _forksafe.unhooked:
+        return
     with _warm_once:  # (never _warm_lock: the warm-up thread holds that one while it imports)
         if _warmed:
             return
@@ -155,16 +157,6 @@ def warm_up() -> None:
     except BaseException:
         _warm_lock.release()
         raise
-
-
-def _configured(settings: Settings) -> None:
-    # configure() is where most users set us up: the warm-up starts there (unless disabled).
-    if not settings.disabled:
-        with guard("warm-up"):
-            warm_up()
-
-
-on_change(_configured)
 
 
 def _import_httpx2_first() -> None:
@@ -204,8 +196,11 @@ registry: Registry = make_registry(on_session_end, on_open=warm_up, new_session=
 
 def _before_fork() -> None:
     global _fork_holds_warm_lock
-    # Wait (briefly) for a warm-up still importing; bounded, so a fork is never blocked for long.
-    _fork_holds_warm_lock = _warm_lock.acquire(timeout=2.0)
+    # Wait for a warm-up still importing (a child forked in the middle of an import would find
+    # that module's lock held forever); bounded, so a stuck one never blocks a fork for long.
+    # The warm-up starts where a user sets us up, which in a preforking server is the master,
+    # just before it forks: a slow machine's imports get ample time.
+    _fork_holds_warm_lock = _warm_lock.acquire(timeout=10.0)
 
 
 def _after_fork_in_parent() -> None:
@@ -222,9 +217,8 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-    )
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+_forksafe.in_child(_after_fork_in_child)
 
 
 def shutdown(timeout: float) -> bool:

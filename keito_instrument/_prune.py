@@ -27,6 +27,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from . import _forksafe
+
 if TYPE_CHECKING:
     from ._config import Settings
     from ._spool import Spool
@@ -45,8 +47,7 @@ def _after_fork_in_child() -> None:
     _last_lock = threading.Lock()  # (a fork while another thread held it must not wedge the child)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_forksafe.in_child(_after_fork_in_child)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value REAL NOT NULL)",

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from . import _forksafe
 from ._config import get_settings
 from ._forksafe import reset_in_child
 from ._guard import guard
@@ -36,20 +37,23 @@ _OPEN, _END = guard("session open"), guard("session end")  # (a guard holds only
 # the billing or delivery thread wants it may wait milliseconds to get it back. 128 bits from a
 # seeded Mersenne Twister per process are as unique as uuid4 needs (never a secret: ids are not
 # credentials); an own instance, because a user's `random.seed(42)` must not make them repeat.
+# The clock (in ns) is mixed in too: processes restored from one memory snapshot (Lambda
+# SnapStart, CRIU) share the generator's state, never the instant of every call.
 _rng = random.Random(os.urandom(32))
+_MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835  # (an odd 128-bit constant: spreads the clock's bits)
+_MASK = (1 << 128) - 1
 
 
 def _reseed_in_child() -> None:
     _rng.seed(os.urandom(32))
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reseed_in_child)
+_forksafe.in_child(_reseed_in_child)
 
 
 def new_session_id() -> str:
     """A fresh random session id: a UUID4's text, as `str(uuid.uuid4())` writes it (at half its cost)."""
-    h = f"{_rng.getrandbits(128):032x}"
+    h = f"{(_rng.getrandbits(128) ^ (time.time_ns() * _MIX)) & _MASK:032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
@@ -96,6 +100,7 @@ class Registry:
             found = self._open.get(session_id)
             if found is not None and not found.ended:
                 return found
+        _forksafe.check_pid()  # (a child forked without Python's hooks: its resets run first)
         # Built (and its opening journalled) before it is published in the table, so no other
         # thread can record into it before its opening event is written; no lock is held meanwhile.
         session = self._new_session(session_id or new_session_id(), options, close)

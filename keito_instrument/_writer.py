@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._guard import guard
-from ._journal import MAX_MEMORY_LINES
+from ._journal import MAX_MEMORY_LINES, SUFFIXES
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -189,7 +189,7 @@ def _ends_on_disk(journal: Journal, trouble: Trouble) -> int:
     total = 0
     try:
         names = sorted(n for n in os.listdir(journal.dir) if n.startswith(f"{journal.owner}.")
-                       and n.endswith(".jsonl"))
+                       and n.endswith(SUFFIXES))
     except OSError:
         return 0
     for name in names:

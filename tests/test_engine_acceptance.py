@@ -99,7 +99,7 @@ def turns_then_kill(env: dict[str, str], *args: str) -> list[tuple[int, int, int
 def journal_segments(ledger: Path) -> list[str]:
     """The journal segments still beside the ledger."""
     directory = Path(f"{ledger}.journal")
-    return sorted(p.name for p in directory.glob("*.jsonl")) if directory.exists() else []
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".jsonl", ".jmap")) if directory.exists() else []
 
 
 def live_totals(spool: Spool) -> dict[str, tuple[int, int, int, int]]:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def journal_events(ledger: Path) -> list[list[Any]]:
     """Every event in the journal segments beside a ledger, in the order written."""
     events = []
-    for path in sorted(Path(f"{ledger}.journal").glob("*.jsonl")):
+    for path in sorted(p for p in Path(f"{ledger}.journal").iterdir() if p.suffix in (".jsonl", ".jmap")):
         data = path.read_bytes()
         data = data[: data.find(b"\0")] if b"\0" in data else data  # (a mapped segment's unwritten rest)
         events += [json.loads(line) for line in data.splitlines()]

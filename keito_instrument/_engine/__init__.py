@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .. import _prune, _writer
+from .. import _forksafe, _prune, _writer
 from .._config import get_settings
 from .._guard import guard
-from .._journal import Journal, all_journals, journal_dir, owner_alive
+from .._journal import MAPPED_SUFFIX, SUFFIXES, Journal, all_journals, journal_dir, owner_alive
 
 if TYPE_CHECKING:
     from .fold import Segment
@@ -44,6 +44,8 @@ listeners: list[Callable[[object], None]] = []
 def ensure_started() -> None:
     """Start the billing thread if it is not running (cheap when it is)."""
     global _thread, _stop
+    if _forksafe.unhooked:
+        return  # (a child forked without Python's hooks: no thread of ours, see _forksafe.check_pid)
     thread = _thread
     if thread is not None and thread.is_alive() and not _stop.is_set():
         return
@@ -100,9 +102,10 @@ def _segments_of(directory: str, owner: str | None) -> dict[str, list[tuple[int,
     except OSError:
         return found
     for name in names:
-        if not name.endswith(".jsonl"):
+        suffix = next((x for x in SUFFIXES if name.endswith(x)), None)
+        if suffix is None:
             continue
-        parts = name[: -len(".jsonl")].rsplit(".", 1)
+        parts = name[: -len(suffix)].rsplit(".", 1)
         if len(parts) != 2 or not parts[1].isdigit():
             continue
         if owner is None or parts[0] == owner:
@@ -117,6 +120,7 @@ def _fold_journal(journal: Journal) -> int:
     from .fold import Segment, fold
 
     settings = get_settings()
+    current = journal.seq  # (before listing: a host thread may start the next segment meanwhile)
     segs = _segments_of(journal.dir, journal.owner).get(journal.owner, [])
     memory: list[tuple[str, bytes]] = []
     while journal.memory:
@@ -138,7 +142,7 @@ def _fold_journal(journal: Journal) -> int:
     _writer.ledger_ok(journal, spool)
     _after_fold(result.built, settings.has_credentials)
     _prune.maybe_prune(spool, settings)
-    _compact_own(journal, segs, result.complete)
+    _compact_own(journal, segs, result.complete, current)
     return sum(len(b.records) for b in result.built)
 
 
@@ -161,16 +165,21 @@ def _alive_check(journal: Journal) -> Callable[[str], bool]:
     return alive
 
 
-def _compact_own(journal: Journal, segs: list[tuple[int, str]], complete: dict[str, bool]) -> None:
+def _compact_own(journal: Journal, segs: list[tuple[int, str]], complete: dict[str, bool], current: int) -> None:
+    """Delete this process's segments folded to their end that were already old when the fold
+    began (`current`: the segment then being written, which may have taken lines since); start
+    the next segment when the current one is folded and big enough."""
     for seq, name in segs:
         path = os.path.join(journal.dir, name)
-        if seq < journal.seq and complete.get(name):
+        if seq < current and complete.get(name):
             try:
-                if time.time() - os.path.getmtime(path) > 5.0:  # no late writer on an old descriptor
+                # An old plain segment may still take a write() from a host thread that read
+                # its descriptor just before the swap; no copy goes into an old mapped one.
+                if name.endswith(MAPPED_SUFFIX) or time.time() - os.path.getmtime(path) > 5.0:
                     os.unlink(path)
             except OSError:
                 pass
-        elif seq == journal.seq and complete.get(name) and journal.should_rotate():
+        elif seq == current == journal.seq and complete.get(name) and journal.should_rotate():
             journal.rotate()  # (here, so that a host thread rarely starts a segment itself)
 
 
@@ -340,6 +349,6 @@ _install_read_hook()
 # Registered after the spool's hooks, so that ours runs first before a fork (they run in reverse
 # order): the fold lock is always taken before a spool's write lock, as the billing thread does.
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+_forksafe.in_child(_after_fork_in_child)
 

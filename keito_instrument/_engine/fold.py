@@ -255,10 +255,10 @@ def _fold_segment(conn: sqlite3.Connection, batch: _Batch, seg: Segment, offsets
 
 def _only_a_cut_line(path: str, offset: int) -> bool:
     try:
-        rest, _at_eof = _read_from(path, offset)
+        rest, at_eof = _read_from(path, offset)
     except OSError:
         return True
-    return b"\n" not in rest
+    return at_eof and b"\n" not in rest  # (a line longer than a read is not known to be cut)
 
 
 def _load_due(conn: sqlite3.Connection, batch: _Batch, now: float) -> None:

@@ -7,12 +7,12 @@ starts its own on first use; claims in the shared spool keep the two from sendin
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import _forksafe
 from .._config import Settings, get_settings, on_change
 from .._guard import guard
 from .._spool import get_spool
@@ -49,6 +49,8 @@ def notify() -> None:
     Runs on the caller's thread (the one ending a session); O(1), never blocks, never raises.
     """
     with guard("exporter notify"):
+        if _forksafe.unhooked:
+            return  # (a child forked without Python's hooks: no thread of ours, see _forksafe.check_pid)
         exporter = _exporter
         if exporter is None or not exporter.alive:
             exporter = _running(start=True)
@@ -146,5 +148,4 @@ def _after_fork_in_child() -> None:
 
 
 on_change(_settings_changed)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_forksafe.in_child(_after_fork_in_child)
