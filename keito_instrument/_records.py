@@ -72,8 +72,12 @@ def record_id(snapshot: SessionSnapshot, kind: str, key: str) -> str:
     """Deterministic and unique per record: session id + when it opened + kind + key.
 
     `str(uuid.uuid5(_NS, name))`, computed without building a UUID object."""
-    name = f"{snapshot.session_id}|{snapshot.opened_at:.6f}|{kind}|{key}"
-    raw = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    return _record_id(f"{snapshot.session_id}|{snapshot.opened_at:.6f}|", kind, key)
+
+
+def _record_id(prefix: str, kind: str, key: str) -> str:
+    # (`prefix`: the session id and opening time, as `record_id` writes them)
+    raw = bytearray(hashlib.sha1(_NS_BYTES + f"{prefix}{kind}|{key}".encode()).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()
@@ -95,6 +99,7 @@ def zone(settings: Settings) -> tzinfo | None:
 
 
 _CHECKED: dict[tuple[Any, ...], SessionOptions] = {}
+_METADATA = SessionOptions._fields.index("metadata")
 
 
 def checked_options(options: SessionOptions) -> SessionOptions:
@@ -102,8 +107,8 @@ def checked_options(options: SessionOptions) -> SessionOptions:
     values always give the same options; its warnings are once per process anyway)."""
     if options.metadata or not isinstance(options.metadata, Mapping):
         return session_options(options._asdict())
-    try:  # (an empty mapping checks as {}: it is left out of the key)
-        key = tuple((type(v), v) for v in options if v is not options.metadata)
+    try:  # (an empty mapping checks as {}: it is left out of the key; the types are in it)
+        key = (options[:_METADATA] + options[_METADATA + 1:], tuple(map(type, options)))
         found = _CHECKED.get(key)
     except TypeError:  # (an unhashable value from an old journal: checked, dropped)
         return session_options(options._asdict())
@@ -175,11 +180,6 @@ def round_hours(seconds: float, increment: float, mode: str) -> float:
     return float(min(Decimal(24), rounded_total(seconds, increment, mode)))
 
 
-def _opt(snapshot: SessionSnapshot, settings: Settings, name: str) -> Any:
-    value = getattr(snapshot.options, name)
-    return getattr(settings, name) if value is None else value
-
-
 def _iso(ts: float, tz: tzinfo | None) -> str:
     return datetime.fromtimestamp(ts, tz).astimezone(tz).isoformat(timespec="seconds")
 
@@ -205,26 +205,27 @@ def build(
     """
     # The options as the hot path checks them (a journal written by an older version, or an
     # adapter's own SessionOptions, may hold values no record can carry: an int for notes, say).
-    options = checked_options(snapshot.options)
-    if options is not snapshot.options:
-        snapshot = snapshot._replace(options=options)
+    options = checked_options(snapshot.options)  # (used below instead of snapshot.options)
     tz = zone(settings)
     priced = [
         PricedUsage(u, costs[(u.model, u.provider)] if costs and (u.model, u.provider) in costs
                     else price(u, settings.price_overrides, snapshot.started_at))
         for u in snapshot.usage
     ]
-    priced.sort(key=lambda p: -p.usage.total_tokens)
-    ids = {
-        f: _opt(snapshot, settings, f)
-        for f in ("project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable")
-    }
+    if len(priced) > 1:
+        priced.sort(key=lambda p: -p.usage.total_tokens)
+    ids = {}
+    for name in _IDS:
+        value = getattr(options, name)
+        ids[name] = getattr(settings, name) if value is None else value
+    prefix = f"{snapshot.session_id}|{snapshot.opened_at:.6f}|"
+    active = snapshot.active_seconds
     common = {
         "agent_id": ids["agent_id"],
         "agent_type": ids["agent_type"],
-        "framework": snapshot.options.framework or "python",
+        "framework": options.framework or "python",
     }
-    user_meta = {**settings.metadata, **snapshot.options.metadata}
+    user_meta = {**settings.metadata, **options.metadata}
     days = split_by_day(snapshot.intervals, tz) if snapshot.had_runs else {}
     first_day = min(days) if days else datetime.fromtimestamp(snapshot.started_at, tz).astimezone(tz).date()
     records: list[Record] = []
@@ -238,52 +239,52 @@ def build(
         hours_by_day[longest] = round(
             hours_by_day[longest] + settings.min_hours - sum(hours_by_day.values()), 6
         )
-    total_in = sum(p.usage.input_tokens for p in priced)
-    total_out = sum(p.usage.output_tokens for p in priced)
+    totals = _usage_totals(priced)
+    total_in, total_out = totals["input_tokens"], totals["output_tokens"]
     primary = priced[0].usage.model if priced else None
+    if days and "time_entry" in kinds:
+        started, ended = _iso(snapshot.started_at, tz), _iso(snapshot.ended_at, tz)
+        notes = md.truncate(options.notes or _time_notes(snapshot, ids["agent_id"], options.framework))
     for index, day in enumerate(sorted(days) if "time_entry" in kinds else ()):
-        rid = record_id(snapshot, "time_entry", day.isoformat())
+        spent = day.isoformat()
+        rid = _record_id(prefix, "time_entry", spent)
         core = {
             **common,
             "model": primary,
             "duration_seconds": round(days[day], 3),
-            "session_duration_seconds": round(snapshot.active_seconds, 3),
+            "session_duration_seconds": round(active, 3),
             "llm_calls": snapshot.llm_calls,
             "tool_calls": snapshot.tool_calls,
             "errors": snapshot.errors,
-            "started_at": _iso(snapshot.started_at, tz),
-            "ended_at": _iso(snapshot.ended_at, tz),
+            "started_at": started,
+            "ended_at": ended,
             "end_reason": snapshot.end_reason,
         }
         if len(days) > 1:
             core.update(day_index=index + 1, days=len(days))
         if days[day] > 24 * 3600:
             core["duration_capped"] = True
-        notes = snapshot.options.notes or _time_notes(snapshot, ids["agent_id"])
         metadata, metadata_json = md.fit_json({"session_id": snapshot.session_id, "record_id": rid}, core, user_meta)
         payload = {
             "project_id": ids["project_id"],
             "task_id": ids["task_id"],
-            "spent_date": day.isoformat(),
+            "spent_date": spent,
             "hours": hours_by_day[day],
-            "notes": md.truncate(notes),
+            "notes": notes,
             "billable": bool(ids["billable"]),
             "source": "agent",
             "metadata": metadata,
         }
-        records.append(
-            Record(rid, "time_entry", snapshot.session_id, day.isoformat(), ids["project_id"], payload, metadata_json)
-        )
+        records.append(Record(rid, "time_entry", snapshot.session_id, spent, ids["project_id"], payload, metadata_json))
     cost_usd, unknown = _total_cost(priced)
     billed = None if cost_usd is None else float(billed_amount(cost_usd, settings))
     if priced and snapshot.llm_calls and "expense" in kinds:
-        records.append(
-            _expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown, billed)
-        )
+        records.append(_expense(snapshot, settings, ids, common, user_meta, priced, first_day, cost_usd, unknown,
+                                billed, totals, prefix, active))
     for outcome in snapshot.outcomes if "outcome" in kinds else ():
         records.append(_outcome(snapshot, settings, ids, common, user_meta, outcome, first_day))
     session_row = {
-        "session_key": record_id(snapshot, "session", ""),
+        "session_key": _record_id(prefix, "session", ""),
         "session_id": snapshot.session_id,
         "started_at": snapshot.started_at,
         "ended_at": snapshot.ended_at,
@@ -293,7 +294,7 @@ def build(
         "agent_id": ids["agent_id"],
         "agent_type": ids["agent_type"],
         "framework": common["framework"],
-        "active_seconds": snapshot.active_seconds,
+        "active_seconds": active,
         "hours": sum(hours_by_day.values()),
         "llm_calls": snapshot.llm_calls,
         "tool_calls": snapshot.tool_calls,
@@ -324,8 +325,8 @@ def build(
     return Built(records, session_row, usage_rows)
 
 
-def _time_notes(snapshot: SessionSnapshot, agent_id: str | None) -> str:
-    who = agent_id or snapshot.options.framework or "agent"
+def _time_notes(snapshot: SessionSnapshot, agent_id: str | None, framework: str | None) -> str:
+    who = agent_id or framework or "agent"
     text = f"{who} session: {snapshot.llm_calls} LLM calls, {snapshot.tool_calls} tool calls"
     return text + (f", {snapshot.errors} errors" if snapshot.errors else "")
 
@@ -340,8 +341,8 @@ def _total_cost(priced: list[PricedUsage]) -> tuple[Decimal | None, bool]:
 def billed_amount(cost_usd: Decimal, settings: Settings) -> Decimal:
     """The amount billed for a USD cost, in the workspace's currency: times `exchange_rate` (for a
     currency other than USD) and the `cost_multiplier` markup, rounded to `cost_decimals`."""
-    key = tuple((type(v), v) for v in (settings.cost_decimals, settings.currency, settings.exchange_rate,
-                                       settings.cost_multiplier))
+    key = (settings.cost_decimals, settings.currency, settings.exchange_rate, settings.cost_multiplier,
+           type(settings.cost_decimals), type(settings.exchange_rate), type(settings.cost_multiplier))
     found = _BILLING.get(key)
     if found is None:
         quantum = Decimal(1).scaleb(-settings.cost_decimals)
@@ -355,6 +356,25 @@ def billed_amount(cost_usd: Decimal, settings: Settings) -> Decimal:
 
 
 _BILLING: dict[tuple[Any, ...], tuple[Decimal, Decimal | int, Decimal]] = {}
+
+
+_IDS = ("project_id", "task_id", "expense_category_id", "agent_id", "agent_type", "billable")
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def _usage_totals(priced: list[PricedUsage]) -> dict[str, int]:
+    """The tokens of every model, by kind, and the calls that were cached or reported no usage."""
+    totals = dict.fromkeys((*_TOKENS, "usage_missing", "cached_calls"), 0)
+    for p in priced:
+        u = p.usage
+        totals["input_tokens"] += u.input_tokens
+        totals["output_tokens"] += u.output_tokens
+        totals["cache_read_tokens"] += u.cache_read_tokens
+        totals["cache_write_tokens"] += u.cache_write_tokens
+        totals["reasoning_tokens"] += u.reasoning_tokens
+        totals["usage_missing"] += u.usage_missing
+        totals["cached_calls"] += u.cached_calls
+    return totals
 
 
 def _detail_totals(priced: list[PricedUsage], cache_writes: int) -> dict[str, int]:
@@ -388,30 +408,23 @@ def _expense(
     cost_usd: Decimal | None,
     unknown: bool,
     billed: float | None,
+    totals: dict[str, int],
+    prefix: str,
+    active: float,
 ) -> Record:
-    rid = record_id(snapshot, "expense", "llm")
-    totals = {
-        f: sum(getattr(p.usage, f) for p in priced)
-        for f in (
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-        )
-    }
+    rid = _record_id(prefix, "expense", "llm")
     core: dict[str, Any] = {
         **common,
         "model": priced[0].usage.model,
         "provider": priced[0].usage.provider,
-        **totals,
+        **{name: totals[name] for name in _TOKENS},
         **_detail_totals(priced, totals["cache_write_tokens"]),
         "cost_usd": None if cost_usd is None else float(cost_usd.quantize(Decimal("0.00000001"))),
         "pricing": pricing_version() if not unknown else "unpriced",
         "llm_calls": snapshot.llm_calls,
         "tool_calls": snapshot.tool_calls,
         "errors": snapshot.errors,
-        "duration_seconds": round(snapshot.active_seconds, 3),
+        "duration_seconds": round(active, 3),
     }
     if unknown:
         core["cost_unknown"] = True
@@ -421,12 +434,10 @@ def _expense(
         core["cost_multiplier"] = settings.cost_multiplier
     if settings.currency != "USD":
         core.update(currency=settings.currency, exchange_rate=settings.exchange_rate)
-    missing = sum(p.usage.usage_missing for p in priced)
-    if missing:
-        core["usage_missing"] = missing
-    cached = sum(p.usage.cached_calls for p in priced)
-    if cached:
-        core["cached_calls"] = cached
+    if totals["usage_missing"]:
+        core["usage_missing"] = totals["usage_missing"]
+    if totals["cached_calls"]:
+        core["cached_calls"] = totals["cached_calls"]
     breakdown: dict[str, Any] = {}
     if len(priced) > 1:
         for p in priced:

@@ -24,6 +24,7 @@ END_GRACE = 5.0
 MAX_OUTCOMES = 10_000
 OPTION_FIELDS = SessionOptions._fields
 _SEP = "\x1f"
+_STATE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # (built once, not per session)
 
 
 def row_key(sid: str, ident: str, mode: str) -> str:
@@ -56,7 +57,7 @@ class LiveSession:
     # -- serialisation ---------------------------------------------------------------------------
     def dumps(self) -> str:
         """The JSON stored in the ledger."""
-        return json.dumps(self.__dict__, separators=(",", ":"), default=str)
+        return _STATE(self.__dict__)
 
     @classmethod
     def loads(cls, text: str) -> LiveSession:
@@ -251,28 +252,28 @@ class LiveSession:
         usage = []
         for name, slot in self.usage.items():
             model, provider = name.split(_SEP, 1)
-            i, o, cr, cw, rs, calls, cached, missing = (int(v) for v in slot[:8])
+            i, o, cr, cw, rs, calls, cached, missing = map(int, slot[:8])
             usage.append(ModelUsage(model, provider or None, i, o, cr, cw, rs, calls, cached, missing,
                                     slot[11] if len(slot) > 11 else None))
         outcomes = tuple(
             Outcome(**{k: v for k, v in o.items() if k in Outcome._fields and k != "seq"},
                     seq=index + 1)
             for index, o in enumerate(self.outcomes)
-        )
-        intervals = tuple((s, e) for s, e in self.intervals)
-        return SessionSnapshot(
-            session_id=self.sid,
-            options=options,
-            opened_at=float(self.ident),
-            started_at=intervals[0][0] if intervals else self.first,
-            ended_at=max([self.last, *(e for _s, e in intervals)]),
-            intervals=intervals,
-            usage=tuple(usage),
-            llm_calls=self.calls,
-            tool_calls=self.tools,
-            errors=self.errors,
-            outcomes=outcomes,
-            breakdown={k: dict(v) for k, v in self.breakdown.items()},
-            end_reason=reason,
-            had_runs=self.had_runs,
+        ) if self.outcomes else ()
+        intervals = tuple([(s, e) for s, e in self.intervals])
+        return SessionSnapshot(  # (positional, in the order of its fields)
+            self.sid,  # session_id
+            options,
+            float(self.ident),  # opened_at
+            intervals[0][0] if intervals else self.first,  # started_at
+            max([self.last, *[e for _s, e in intervals]]),  # ended_at
+            intervals,
+            tuple(usage),
+            self.calls,  # llm_calls
+            self.tools,  # tool_calls
+            self.errors,
+            outcomes,
+            {k: dict(v) for k, v in self.breakdown.items()} if self.breakdown else {},
+            reason,  # end_reason
+            self.had_runs,
         )
