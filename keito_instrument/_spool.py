@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import _forksafe
 from ._metadata import payload_json
 from ._records import Built
 
@@ -393,9 +394,8 @@ def _reset_locks_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_reset_locks_in_child
-    )
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+_forksafe.in_child(_reset_locks_in_child)
 
 
 def get_spool(path: str | os.PathLike[str] | None = None) -> Spool:
