@@ -312,10 +312,13 @@ def _bill_one(conn: sqlite3.Connection, live: LiveSession, reason: str, settings
     the reason, visible in `status`, instead of failing the fold of every other session."""
     conn.execute("SAVEPOINT bill_one")
     mark = hours.mark()
+    later: list[Callable[[], None]] = []
     try:
-        one = _bill(live, reason, settings, hours, rollups)
+        one = _bill(live, reason, settings, hours, rollups, later)
         if one is not None:
             insert_built(conn, one, state)
+        for step in later:  # (a roll-up's rows take the session last: a failure above undoes nothing there)
+            step()
     except sqlite3.OperationalError:
         conn.execute("ROLLBACK TO bill_one")
         conn.execute("RELEASE bill_one")
@@ -342,7 +345,7 @@ def _unbillable(conn: sqlite3.Connection, live: LiveSession, exc: Exception) -> 
 
 
 def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger,
-          rollups: Rollups) -> Built | None:
+          rollups: Rollups, later: list[Callable[[], None]]) -> Built | None:
     live.close_open_runs()
     if not (live.calls or live.had_runs or live.outcomes or live.tools or live.errors):
         return None  # opened and never used (e.g. lost a race to an equal session)
@@ -352,7 +355,7 @@ def _bill(live: LiveSession, reason: str, settings: Settings, hours: HoursLedger
         return build(snapshot, settings, costs=costs, carry=hours.carry)
     # Rolled up: the session's time and cost go to its periods' rows; only its outcomes are
     # sent now, and its report row shows its exact hours (the roll-up entry is rounded once).
-    rollups.add(snapshot, costs)
+    later.append(lambda: rollups.add(snapshot, costs))  # once its own records are in: never twice
     one = build(snapshot, settings, costs=costs, kinds=("outcome",))
     row = {**one.session_row, "hours": round(snapshot.active_seconds / 3600, 6) if snapshot.had_runs else 0.0}
     return Built(one.records, row, one.usage_rows)
