@@ -78,15 +78,17 @@ async def test_a_failed_async_parse_raises_what_the_sdk_raises(aclient: anthropi
 
 
 def test_a_refused_call_is_no_call(client: anthropic.Anthropic, server: FakeAnthropic, ledger: Spool) -> None:
+    refused = 1
     with keito.session(session_id="refused"):
         with pytest.raises(anthropic.BadRequestError):
             client.messages.create(**ask(), extra_headers={"x-fake-mode": "status"})
-        if hasattr(client.messages, "parse"):
+        if hasattr(client.messages, "parse"):  # (an older anthropic has none)
+            refused += 1
             with pytest.raises(anthropic.BadRequestError):
                 client.messages.parse(**ask(), output_format=Answer, extra_headers={"x-fake-mode": "status"})
     assert keito.flush(5.0)
     [row] = ledger.sessions()
-    assert (row["llm_calls"], row["errors"]) == (0, 2) and server.billed == []
+    assert (row["llm_calls"], row["errors"]) == (0, refused) and server.billed == []
 
 
 # -- errors of the session ------------------------------------------------------------------------

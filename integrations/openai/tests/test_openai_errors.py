@@ -142,8 +142,8 @@ def test_a_call_a_framework_records_leaves_its_error_to_it(ledger: Spool, server
 
 
 def test_a_failure_in_a_langchain_step_is_counted_once(ledger: Spool, server: FakeOpenAI) -> None:
+    runnables = pytest.importorskip("langchain_core.runnables")  # (first: our adapter raises ImportError)
     keito_lc = pytest.importorskip("keito_instrument.integrations.langchain")
-    runnables = pytest.importorskip("langchain_core.runnables")
 
     def step(question: str) -> str:
         server.fail = (500, 1)
@@ -170,8 +170,8 @@ def test_two_failures_are_two_errors(ledger: Spool, server: FakeOpenAI) -> None:
 
 
 def test_a_failed_chatopenai_call_leaving_track_agent_is_counted_once(ledger: Spool, server: FakeOpenAI) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")  # (first: our adapter raises ImportError)
     keito_lc = pytest.importorskip("keito_instrument.integrations.langchain")
-    langchain_openai = pytest.importorskip("langchain_openai")
     model = langchain_openai.ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-test",
                                         max_retries=0, timeout=10)
 
