@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import zlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import httpx
 
@@ -28,6 +28,7 @@ from .._version import __version__
 from .pacing import Deferred, Pacer
 from .policy import PAUSE, RETRY_AMBIGUOUS, RETRY_REFUSED, Outcome, parse_retry_after
 from .redact import clean, install_log_filter, secrets_of
+from .wire import Answer, Body, TooLarge, Wire, coding_of, usable
 
 __all__ = [
     "ANSWER_CAP",
@@ -44,6 +45,22 @@ __all__ = [
     "make_client",
     "post",
 ]
+
+
+class Reply(Protocol):
+    """What the classification reads of an answer: an httpx.Response or a wire.Answer."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def reason_phrase(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def json(self) -> Any: ...
+
 
 USER_AGENT = f"keito-instrument/{__version__} (python {platform.python_version()}; httpx {httpx.__version__})"
 LIST_PAGE_SIZE = 2000
@@ -87,27 +104,43 @@ class KeitoClient(httpx.AsyncClient):
         deadline: seconds each request may take in all, body included (httpx's own timeouts
             bound each read only: a server trickling a byte at a time never trips them).
         pacer: the rate-limit brakes (a fresh one by default).
+        wire: when given, requests go through this lighter client (wire.py) instead of httpx.
     """
 
-    def __init__(self, *, deadline: float, pacer: Pacer | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, deadline: float, pacer: Pacer | None = None, wire: Wire | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.deadline = deadline
         self.pacer = pacer if pacer is not None else Pacer()
+        self.wire = wire
+
+    async def aclose(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+        await super().aclose()
 
 
 def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> KeitoClient:
     """A keep-alive pool sized for `max_concurrency` parallel requests.
 
-    `request_timeout` bounds each step (connecting, each read, each write, a free connection),
-    and each request as a whole ends within DEADLINE_FACTOR times it, its body included.
+    `request_timeout` bounds connecting (and each step of httpx), and each request as a whole
+    ends within DEADLINE_FACTOR times it, its body included. Requests go through wire.py's
+    client unless a `transport` is given or a proxy applies to `base_url` (then httpx).
     """
     limit = settings.max_concurrency
     install_log_filter([settings.api_key] if settings.api_key else [])
+    sent = headers(settings)
     with section():  # building the SSL context takes OpenSSL's locks: never fork half-way
+        wire = None
+        if transport is None and usable(settings.base_url):
+            try:
+                wire = Wire(settings.base_url, sent, timeout=settings.request_timeout, limit=limit)
+            except ValueError:  # a header httpx must judge (its error is then the record's reason)
+                wire = None
         return KeitoClient(
             deadline=settings.request_timeout * DEADLINE_FACTOR,
+            wire=wire,
             base_url=settings.base_url,
-            headers=headers(settings),
+            headers=sent,
             timeout=httpx.Timeout(settings.request_timeout),
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
             transport=transport,
@@ -115,14 +148,16 @@ def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
         )
 
 
-def _request_secrets(response: httpx.Response) -> list[str]:
+def _request_secrets(response: Reply) -> list[str]:
+    if isinstance(response, Answer):
+        return response.secrets
     try:
-        return secrets_of(response.request.headers)
+        return secrets_of(response.request.headers) if isinstance(response, httpx.Response) else []
     except RuntimeError:  # a Response built without its request
         return []
 
 
-def error_reason(response: httpx.Response) -> str:
+def error_reason(response: Reply) -> str:
     """'422 bad request: hours must be <= 24' from Keito's Harvest-style error body (never the request).
 
     Redacted (no credential the request carried, no key-shaped text) and cut to a few hundred
@@ -144,7 +179,7 @@ def error_reason(response: httpx.Response) -> str:
     return clean(text, _request_secrets(response))
 
 
-def classify_response(response: httpx.Response) -> Outcome:
+def classify_response(response: Reply) -> Outcome:
     """Map an HTTP answer to an outcome (see the module docstring)."""
     status = response.status_code
     if 200 <= status < 300:
@@ -174,9 +209,7 @@ def classify_response(response: httpx.Response) -> Outcome:
 def classify_error(exc: httpx.HTTPError) -> Outcome:
     """Map a transport failure: refused before sending, or ambiguous once the request may have left."""
     name = type(exc).__name__
-    if isinstance(
-        exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-    ):
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)):
         return Outcome("retry", reason=f"{name}: could not connect")
     timed_out = isinstance(exc, httpx.TimeoutException)
     return Outcome("retry", ambiguous=True, reason=f"{name}: no answer after sending", timed_out=timed_out)
@@ -217,6 +250,9 @@ class _Progress:
         if "send_request_headers" in name:
             self.sent = True
 
+    def mark_sent(self) -> None:
+        self.sent = True
+
 
 async def exchange(
     client: httpx.AsyncClient,
@@ -226,7 +262,7 @@ async def exchange(
     *,
     content: bytes | None = None,
     params: dict[str, Any] | None = None,
-) -> httpx.Response | Outcome:
+) -> Reply | Outcome:
     """One request, paced, within the client's deadline, its body read up to `cap` bytes.
 
     Returns the answer, fully read, or the Outcome of a failure: a network error, the deadline,
@@ -241,9 +277,13 @@ async def exchange(
             return Outcome("release", retry_after=exc.wait, reason=str(exc))
     deadline = _deadline(client)
     progress = _Progress()
-    request = client.build_request(method, path, content=content, params=params, extensions={"trace": progress.trace})
+    wire: Wire | None = getattr(client, "wire", None)
     try:
         async with asyncio.timeout(deadline):
+            if wire is not None:
+                return await _send_wire(wire, method, path, cap, content, params, pacer, progress)
+            extensions = {"trace": progress.trace}
+            request = client.build_request(method, path, content=content, params=params, extensions=extensions)
             return await _send_capped(client, request, cap, pacer, progress)
     except httpx.HTTPError as exc:
         return classify_error(exc)
@@ -262,6 +302,33 @@ def _deadline(client: httpx.AsyncClient) -> float:
     if isinstance(deadline, (int, float)):
         return float(deadline)
     return float(client.timeout.read or 30.0)
+
+
+async def _send_wire(
+    wire: Wire,
+    method: str,
+    path: str,
+    cap: int,
+    content: bytes | None,
+    params: dict[str, Any] | None,
+    pacer: Pacer | None,
+    progress: _Progress,
+) -> Reply | Outcome:
+    try:
+        answer = await wire.request(method, path, cap, content, params, progress.mark_sent)
+    except TooLarge as exc:
+        if exc.answer is None:
+            raise httpx.RemoteProtocolError(str(exc)) from None
+        answer, problem = exc.answer, str(exc)
+    else:
+        problem = ""
+    progress.answered = True
+    if pacer is not None:
+        pacer.observe(answer.status_code, answer.headers)
+    if problem:
+        status = answer.status_code
+        return Outcome("retry", ambiguous=True, status=status, reason=f"{status}: {problem}; not read")
+    return answer
 
 
 async def _send_capped(
@@ -295,29 +362,15 @@ async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes | None,
     compressed body cannot expand past the cap in memory either.
     """
     declared = response.headers.get("Content-Length", "")
-    too_large = f"the answer is larger than {cap // (1 << 20) or cap} {'MiB' if cap >= 1 << 20 else 'bytes'}"
-    if declared.isdigit() and int(declared) > cap:
-        return None, too_large
-    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if coding not in ("identity", "gzip", ""):
-        return None, f"the answer's Content-Encoding {clean(coding, limit=40)!r} is not supported"
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if coding == "gzip" else None
-    chunks: list[bytes] = []
-    size = 0
-    async for raw in response.aiter_raw():
-        data = raw
-        if inflate is not None:
-            try:
-                data = inflate.decompress(raw, cap - size + 1)
-            except zlib.error:
-                return None, "the answer is not valid gzip"
-            if inflate.unconsumed_tail:  # more output than the cap allows
-                return None, too_large
-        size += len(data)
-        if size > cap:
-            return None, too_large
-        chunks.append(data)
-    return b"".join(chunks), ""
+    try:
+        body = Body(cap, coding_of(response.headers))
+        if declared.isdigit() and int(declared) > cap:
+            raise TooLarge(body.too_large)
+        async for raw in response.aiter_raw():
+            body.feed(raw)
+    except TooLarge as exc:
+        return None, str(exc)
+    return body.content(), ""
 
 
 async def list_record_ids(
@@ -355,9 +408,7 @@ async def list_record_ids(
         page += 1
 
 
-async def _list_page(
-    client: httpx.AsyncClient, path: str, key: str, params: dict[str, Any]
-) -> tuple[list[Any], int]:
+async def _list_page(client: httpx.AsyncClient, path: str, key: str, params: dict[str, Any]) -> tuple[list[Any], int]:
     """(items, total_pages) of one page; raises ListError (see list_record_ids)."""
     answer = await exchange(client, "GET", path, LIST_ANSWER_CAP, params=params)
     if isinstance(answer, Outcome):

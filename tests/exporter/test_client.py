@@ -12,6 +12,7 @@ import keito_instrument as keito
 from keito_instrument._export import client as kc
 from keito_instrument._export.policy import RetryPolicy, parse_retry_after
 from keito_instrument.testing import KeitoTestServer
+from tests.exporter._respx import respx_client
 
 BASE = "https://keito.example.test"
 KEY = "kto_secret_key_never_logged_123"
@@ -29,14 +30,14 @@ async def _post(settings: keito.Settings, route_response: httpx.Response | Excep
             route.side_effect = route_response
         else:
             route.return_value = route_response
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             return await kc.post(client, "/api/v2/time_entries", {"project_id": "p"})
 
 
 async def test_headers_are_those_of_the_official_clients(settings: keito.Settings) -> None:
     with respx.mock(base_url=BASE) as mock:
         route = mock.post("/api/v2/expenses").respond(201, json={"id": "ex_1"})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             out = await kc.post(client, "/api/v2/expenses", {"a": 1})
     request = route.calls.last.request
     assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -130,7 +131,7 @@ async def test_listing_reads_every_page_with_the_filters(settings: keito.Setting
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/api/v2/expenses")
         route.side_effect = lambda request: httpx.Response(200, json=pages[int(request.url.params["page"])])
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             found = await kc.list_record_ids(client, "/api/v2/expenses", "2026-11-22", "prj_1")
     assert found == {"r1": "ex_1", "r2": "ex_2"}
     params = [dict(call.request.url.params) for call in route.calls]
@@ -150,7 +151,7 @@ async def test_listing_reads_every_page_with_the_filters(settings: keito.Setting
 async def test_a_failed_listing_raises_with_its_outcome(settings: keito.Settings) -> None:
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/v2/time_entries").respond(429, headers={"Retry-After": "3"})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             with pytest.raises(kc.ListError) as info:
                 await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", None)
     assert info.value.outcome.retry_after == 3.0
@@ -163,7 +164,7 @@ async def test_a_failed_listing_raises_with_its_outcome(settings: keito.Settings
 async def test_a_200_that_is_not_keitos_page_is_no_proof_of_absence(settings: keito.Settings, body: object) -> None:
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/v2/time_entries").respond(200, json=body)
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             with pytest.raises(kc.ListError):
                 await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", None)
 
@@ -174,7 +175,7 @@ async def test_a_listing_longer_than_the_page_cap_is_incomplete(
     monkeypatch.setattr(kc, "MAX_LIST_PAGES", 3)
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/api/v2/time_entries").respond(200, json={"time_entries": [], "total_pages": 9})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             with pytest.raises(kc.ListError, match="more than 3 pages"):
                 await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", None)
     assert route.call_count == 3
@@ -207,7 +208,7 @@ async def test_no_outcome_of_the_http_layer_logs_the_key(
         failures = [httpx.ConnectError("down"), httpx.ReadTimeout("slow")]
         mock.post("/api/v2/time_entries").side_effect = [*answers, *failures]
         mock.get("/api/v2/time_entries").respond(403, json={"error": "forbidden"})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             kinds = [(await kc.post(client, "/api/v2/time_entries", {"p": 1})).kind for _ in range(7)]
             with pytest.raises(kc.ListError):
                 await kc.list_record_ids(client, "/api/v2/time_entries", "2026-11-22", "p")

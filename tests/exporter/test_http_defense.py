@@ -23,6 +23,7 @@ from keito_instrument._export.redact import REASON_MAX, clean
 from keito_instrument._spool import Spool
 from keito_instrument.cli import main
 from keito_instrument.testing import Fault, KeitoTestServer
+from tests.exporter._respx import respx_client
 
 BASE = "https://keito.example.test"
 KEY = "kto_live_9f8e7d6c5b4a39281706"
@@ -80,7 +81,7 @@ async def test_an_echoed_key_is_not_in_the_reason(settings: keito.Settings) -> N
     body = {"error": "bad request", "error_description": f"proxy saw Authorization: Bearer {KEY} " + "y" * 900}
     with respx.mock(base_url=BASE) as mock:
         mock.post("/api/v2/time_entries").respond(400, json=body)
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             out = await kc.post(client, "/api/v2/time_entries", {"a": 1})
     assert out.kind == "dead"
     assert KEY not in out.reason and len(out.reason) <= REASON_MAX
@@ -92,7 +93,7 @@ async def test_a_declared_length_over_the_cap_is_not_read(settings: keito.Settin
     big = b"x" * (kc.ANSWER_CAP + 1)
     with respx.mock(base_url=BASE) as mock:
         mock.post("/api/v2/time_entries").respond(201, content=big)
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             out = await kc.post(client, "/api/v2/time_entries", {"a": 1})
     # A 2xx that cannot be read may still be a stored record: ambiguous, reconciled by listing.
     assert (out.kind, out.ambiguous, out.status) == ("retry", True, 201)
@@ -107,7 +108,7 @@ async def test_a_gzip_bomb_is_stopped_at_the_cap(settings: keito.Settings) -> No
         mock.post("/api/v2/time_entries").return_value = httpx.Response(
             500, stream=Chunks(bomb), headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             tracemalloc.start()
             try:
                 out = await kc.post(client, "/api/v2/time_entries", {"a": 1})
@@ -122,7 +123,7 @@ async def test_a_gzipped_answer_is_read(settings: keito.Settings) -> None:
     packed = gzip.compress(json.dumps({"id": "te_7"}).encode())
     with respx.mock(base_url=BASE) as mock:
         mock.post("/api/v2/time_entries").respond(201, content=packed, headers={"Content-Encoding": "gzip"})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             out = await kc.post(client, "/api/v2/time_entries", {"a": 1})
     assert (out.kind, out.remote_id) == ("delivered", "te_7")
 
@@ -134,7 +135,7 @@ async def test_a_legitimately_big_list_page_is_read(settings: keito.Settings) ->
     assert kc.ANSWER_CAP < len(page) < kc.LIST_ANSWER_CAP
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/v2/time_entries").respond(200, content=page)
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             found = await kc.list_record_ids(client, "/api/v2/time_entries", "2026-12-01", None)
     assert len(found) == kc.LIST_PAGE_SIZE and found["r5"] == "te_5"
 
@@ -142,7 +143,7 @@ async def test_a_legitimately_big_list_page_is_read(settings: keito.Settings) ->
 async def test_a_list_page_over_its_cap_is_an_incomplete_listing(settings: keito.Settings) -> None:
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/v2/time_entries").respond(200, content=b" " * (kc.LIST_ANSWER_CAP + 1))
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             with pytest.raises(kc.ListError, match="larger than 16 MiB"):
                 await kc.list_record_ids(client, "/api/v2/time_entries", "2026-12-01", None)
 
@@ -152,7 +153,7 @@ async def test_a_list_page_over_its_cap_is_an_incomplete_listing(settings: keito
 async def test_a_payload_that_cannot_be_encoded_is_dead_and_not_sent(settings: keito.Settings, value: object) -> None:
     with respx.mock(base_url=BASE, assert_all_called=False) as mock:
         route = mock.post("/api/v2/time_entries").respond(201, json={"id": "x"})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             out = await kc.post(client, "/api/v2/time_entries", {"notes": value})
     assert out.kind == "dead" and out.status is None
     assert out.reason.startswith("the record cannot be encoded as JSON")

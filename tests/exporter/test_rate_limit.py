@@ -17,6 +17,7 @@ from keito_instrument._export import client as kc
 from keito_instrument._export.pacing import Deferred, Pacer, parse_window
 from keito_instrument._spool import Spool
 from keito_instrument.testing import KeitoTestServer
+from tests.exporter._respx import respx_client
 
 NOW = 1_796_000_000.0
 
@@ -181,7 +182,7 @@ async def test_a_listing_waits_at_the_gate_a_post_closed() -> None:
     with respx.mock(base_url="https://k.example.test", assert_all_called=False) as mock:
         mock.post("/api/v2/time_entries").respond(429, headers={"Retry-After": "3600"})
         listing = mock.get("/api/v2/time_entries").respond(200, json={"time_entries": [], "total_pages": 1})
-        async with kc.make_client(settings) as client:
+        async with respx_client(settings) as client:
             assert (await kc.post(client, "/api/v2/time_entries", {"a": 1})).kind == "retry"
             with pytest.raises(kc.ListError) as info:
                 await kc.list_record_ids(client, "/api/v2/time_entries", "2026-12-01", None)
