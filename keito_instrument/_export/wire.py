@@ -33,6 +33,7 @@ from .redact import clean, secrets_of
 HEAD_LIMIT = 64 << 10  # the status line and headers of an answer; Keito's are under 1 KB
 READ_SIZE = 64 << 10
 KEEPALIVE = 5.0  # seconds an idle connection is kept (httpx's default too)
+HAPPY_EYEBALLS = 0.25  # seconds before the next address is tried alongside (RFC 8305)
 _NO_BODY = frozenset({204, 304})
 _HEX = b"0123456789abcdefABCDEF"
 
@@ -271,6 +272,8 @@ class Wire:
                     ssl=self.context,
                     server_hostname=self.host if self.context else None,
                     limit=HEAD_LIMIT,
+                    # A host whose IPv6 route is broken must still be reached over IPv4 in time.
+                    happy_eyeballs_delay=HAPPY_EYEBALLS,
                 ),
                 self.timeout,
             )
